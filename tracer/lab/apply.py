@@ -159,9 +159,14 @@ class Applier:
         taken = [name for name in names if name in present]
         if taken:
             raise LabError(
-                f"namespace {', '.join(taken)} already exists: is lab {self.topo.name!r} up "
-                f"with prefix {self.prefix!r}? (hoptrace lab down {self.topo.name} "
-                f"--prefix {self.prefix})"
+                (
+                    "namespace {} already exists"
+                    if len(taken) == 1
+                    else "namespaces {} already exist"
+                ).format(", ".join(taken))
+                + f": is lab {self.topo.name} already up (or half up) with prefix "
+                f"{self.prefix!r}? 'hoptrace lab down {self.topo.name} --prefix {self.prefix}' "
+                "removes it"
             )
         for name in names:
             with step(f"create namespace {name}"):
