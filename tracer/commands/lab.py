@@ -93,12 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(prefix: str) -> int:
-    print(f"{'lab':<16} {'state':<12} summary")
+    print(f"{'lab':<16} {'state':<11} summary")
     for name in sorted(LABS):
         lab = get_lab(name, prefix=prefix)
         have, want = len(lab.present()), len(lab.namespaces())
         state = "up" if have == want else "down" if have == 0 else f"partial {have}/{want}"
-        print(f"{name:<16} {state:<12} {lab.topology.summary}")
+        print(f"{name:<16} {state:<11} {lab.topology.summary}")
     return 0
 
 

@@ -133,6 +133,9 @@ class Applier:
 
     def run(self) -> None:
         """Create everything, in dependency order. On error, raise (the caller rolls back)."""
+        problems = self.topo.problems()
+        if problems:
+            raise LabError(f"lab {self.topo.name} is inconsistent: {'; '.join(problems)}")
         try:
             for phase in self._phases():
                 phase()

@@ -167,3 +167,40 @@ class Topology:
         names += [b.ifname for b in self.bridges if b.ns == ns]
         names += [v.ifname for v in self.vxlans if v.ns == ns]
         return tuple(names)
+
+    def problems(self) -> list[str]:
+        """Inconsistencies in the description (unknown namespaces or interfaces, duplicate
+        names or MACs); empty when the topology is sound. The applier refuses a topology
+        with problems before touching the kernel."""
+        found: list[str] = []
+        shorts = [ns.short for ns in self.namespaces]
+        found += [f"namespace {s} declared twice" for s in set(shorts) if shorts.count(s) > 1]
+        for ns in self.namespaces:
+            if ns.node is not None and ns.node not in shorts:
+                found.append(f"{ns.short}: unknown node {ns.node}")
+            ifnames = self.interfaces(ns.short)
+            found += [
+                f"{ns.short}: interface {i} declared twice"
+                for i in set(ifnames)
+                if ifnames.count(i) > 1
+            ]
+        uses: list[tuple[str, str, str]] = [(p.ns, p.ifname, "port") for p in self.ports]
+        uses += [(p.ns, p.bridge, "port bridge") for p in self.ports]
+        uses += [(x.ns, x.underlay, "vxlan underlay") for x in self.vxlans]
+        uses += [(a.ns, a.ifname, f"address {a.cidr}") for a in self.addresses]
+        uses += [(r.ns, r.ifname, f"route {r.dst}") for r in self.routes if r.ifname]
+        uses += [(n.ns, n.ifname, f"neighbour {n.dst}") for n in self.neighbours]
+        uses += [(f.ns, f.ifname, f"fdb {f.lladdr}") for f in self.fdb]
+        for ns, ifname, what in uses:
+            if ns not in shorts:
+                found.append(f"{what}: unknown namespace {ns}")
+            elif ifname not in self.interfaces(ns):
+                found.append(f"{what}: no interface {ifname} in {ns}")
+        others = [r.ns for r in self.routes] + [s.ns for s in self.sysctls]
+        others += [c.ns for c in self.commands] + [v.peer_ns for v in self.veths]
+        found += [f"unknown namespace {ns}" for ns in sorted(set(others) - set(shorts))]
+        macs = [v.mac for v in self.veths] + [v.peer_mac for v in self.veths]
+        macs += [b.mac for b in self.bridges] + [x.mac for x in self.vxlans]
+        named = [m for m in macs if m]
+        found += [f"MAC {m} used twice" for m in sorted(set(named)) if named.count(m) > 1]
+        return found

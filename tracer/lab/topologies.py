@@ -183,7 +183,7 @@ def two_node_vxlan() -> Topology:
             routes.append(route)
     return Topology(
         name="two-node-vxlan",
-        summary="two nodes, cni0 bridges, Flannel VXLAN (VNI 1, UDP 8472), pods a1 a2 | b1",
+        summary="Flannel VXLAN: nodes n1 (pods a1 a2), n2 (pod b1)",
         namespaces=tuple(namespaces),
         veths=tuple(veths),
         bridges=tuple(bridges),
@@ -259,7 +259,7 @@ def bridge() -> Topology:
         routes.append(route)
     return Topology(
         name="bridge",
-        summary="Docker-style: containers c1 c2 on docker0, MASQUERADE out to netns ext",
+        summary="Docker bridge: c1 c2 on docker0, NAT out to ext",
         namespaces=tuple(namespaces),
         veths=tuple(veths),
         bridges=(Bridge("host", "docker0", mac=lab_mac(0xD0, 0, 1)),),
