@@ -1,0 +1,626 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * hoptrace.bpf.c - per-packet events at each point of the Linux network path.
+ *
+ * Every program funnels into handle(): it copies the first HT_HDR_LEN header bytes, parses them
+ * down to the innermost IP header (through VLAN, VXLAN, Geneve, GRE, IPIP), and
+ *   - for an skb already tracked, emits an event (unless the packet identity changed, which means
+ *     the skb address was freed and reused by another packet);
+ *   - for an untracked skb, evaluates the user's filter (a DNF table in rodata) and, on a match,
+ *     starts a new track.
+ * kfree_skb / consume_skb end a track. Ring buffer overflow is counted per probe in `lost`.
+ *
+ * Mechanisms per probe point (tracer/catalogue.py chooses, in order): fentry, kprobe, then
+ * tp_btf tracepoints and BPF netfilter links. Programs not chosen are never loaded.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "hoptrace.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
+#define ETH_P_TEB 0x6558
+#define GENEVE_PORT 6081
+#define NF_ACCEPT 1
+
+/* Set by the loader between open and load (tracer/loader.py). */
+const volatile struct ht_config ht_cfg = {};
+
+/* Puts the contract's enums into the object's BTF, where user space reads names and values. */
+struct {
+	enum ht_probe probe;
+	enum ht_hdr_kind hdr_kind;
+	enum ht_event_flags flags;
+	enum ht_field field;
+} ht_btf_anchor = {};
+
+/* Next track id; shared by all CPUs (atomic add). */
+__u64 ht_next_track = 0;
+
+struct ht_track {
+	__u64 id;
+	__u32 identity;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20); /* resized by the loader */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* skb address */
+	__type(value, struct ht_track);
+} tracks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HT_PROBE_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* netns inode */
+	__type(value, __u8);
+} netns_allow SEC(".maps");
+
+struct scratch {
+	struct ht_event ev;
+	__u32 f[HT_F_MAX];
+	__u32 ident;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_map SEC(".maps");
+
+/* ---- header parsing on the copied bytes ---------------------------------------------------- */
+
+static __always_inline int rd8(const __u8 *b, __u32 off, __u32 len)
+{
+	if (off >= len || off >= HT_HDR_LEN)
+		return -1;
+	return b[off];
+}
+
+static __always_inline int rd16(const __u8 *b, __u32 off, __u32 len)
+{
+	if (off + 2 > len || off > HT_HDR_LEN - 2)
+		return -1;
+	return (b[off] << 8) | b[off + 1];
+}
+
+static __always_inline __u32 rd32(const __u8 *b, __u32 off)
+{
+	/* callers have checked off + 4 <= len <= HT_HDR_LEN */
+	if (off > HT_HDR_LEN - 4)
+		return 0;
+	return ((__u32)b[off] << 24) | ((__u32)b[off + 1] << 16) | ((__u32)b[off + 2] << 8) |
+	       b[off + 3];
+}
+
+static __always_inline bool is_vxlan_port(__u16 port)
+{
+	for (int i = 0; i < HT_MAX_TUNNEL_PORTS; i++) {
+		if (i >= ht_cfg.n_tunnel_ports)
+			break;
+		if (ht_cfg.vxlan_ports[i] == port)
+			return true;
+	}
+	return false;
+}
+
+/* Offset of the IP header after an Ethernet header (with up to two VLAN tags) at off, or -1. */
+static __always_inline int skip_eth(const __u8 *b, __u32 off, __u32 len)
+{
+	int et = rd16(b, off + 12, len);
+	off += 14;
+	for (int i = 0; i < 2; i++) {
+		if (et != ETH_P_8021Q && et != ETH_P_8021AD)
+			break;
+		et = rd16(b, off + 2, len);
+		off += 4;
+	}
+	if (et != ETH_P_IP && et != ETH_P_IPV6)
+		return -1;
+	return off;
+}
+
+/*
+ * Parse the IP header at `off` (one encapsulation level). Fills s->f with this level's flow and
+ * s->ident with its identity: a hash of fields that do not change along the path (IP ID,
+ * fragment, TCP seq/ack, ICMP id/seq, UDP length) — never addresses or ports, which NAT
+ * rewrites; 0 when the L4 header was not reached. Returns the offset of the next (inner) IP
+ * header when this one carries a tunnel hoptrace follows, else -1.
+ *
+ * A global function: the verifier checks it once with `off` unknown, instead of once per path
+ * through every level of every program.
+ */
+__noinline int ht_parse_level(struct scratch *s, __u32 off)
+{
+	const __u8 *b;
+	__u32 *f, len, l4, proto, frag = 0, ipid = 0, ident;
+	int v;
+
+	if (!s)
+		return -1;
+	b = s->ev.hdr;
+	f = s->f;
+	len = s->ev.hdr_len;
+	if (len > HT_HDR_LEN || off >= HT_HDR_LEN)
+		return -1;
+	s->ident = 0;
+	v = rd8(b, off, len);
+	if (v < 0)
+		return -1;
+	f[HT_F_PORTS] = 0;
+	f[HT_F_SPORT] = 0;
+	f[HT_F_DPORT] = 0;
+	if ((v >> 4) == 4) {
+		__u32 ihl = (v & 0xf) * 4;
+		if (ihl < 20 || off + 20 > len)
+			return -1;
+		proto = b[(off + 9) & (HT_HDR_LEN - 1)];
+		ipid = rd16(b, off + 4, len);
+		frag = rd16(b, off + 6, len) & 0x3fff; /* MF + offset */
+		f[HT_F_L3] = 4;
+		f[HT_F_SADDR0] = rd32(b, off + 12);
+		f[HT_F_DADDR0] = rd32(b, off + 16);
+		f[HT_F_SADDR1] = f[HT_F_SADDR2] = f[HT_F_SADDR3] = 0;
+		f[HT_F_DADDR1] = f[HT_F_DADDR2] = f[HT_F_DADDR3] = 0;
+		l4 = off + ihl;
+	} else if ((v >> 4) == 6) {
+		if (off + 40 > len)
+			return -1;
+		proto = b[(off + 6) & (HT_HDR_LEN - 1)];
+		f[HT_F_L3] = 6;
+		f[HT_F_SADDR0] = rd32(b, off + 8);
+		f[HT_F_SADDR1] = rd32(b, off + 12);
+		f[HT_F_SADDR2] = rd32(b, off + 16);
+		f[HT_F_SADDR3] = rd32(b, off + 20);
+		f[HT_F_DADDR0] = rd32(b, off + 24);
+		f[HT_F_DADDR1] = rd32(b, off + 28);
+		f[HT_F_DADDR2] = rd32(b, off + 32);
+		f[HT_F_DADDR3] = rd32(b, off + 36);
+		l4 = off + 40;
+		/* extension headers: hop-by-hop, routing, fragment, destination options */
+		for (int i = 0; i < 4; i++) {
+			int nh = rd8(b, l4, len);
+			if (proto == 0 || proto == 43 || proto == 60) {
+				int hl = rd8(b, l4 + 1, len);
+				if (hl < 0 || nh < 0)
+					return -1;
+				proto = nh;
+				l4 += (hl + 1) * 8;
+			} else if (proto == 44) {
+				int fo = rd16(b, l4 + 2, len);
+				if (nh < 0 || fo < 0 || l4 + 8 > len)
+					return -1;
+				proto = nh;
+				frag = fo & 0xfff9; /* offset + M */
+				ipid = rd32(b, l4 + 4);
+				l4 += 8;
+			} else {
+				break;
+			}
+			if (l4 >= HT_HDR_LEN)
+				return -1;
+		}
+	} else {
+		return -1;
+	}
+	f[HT_F_PROTO] = proto;
+	s->ev.flags |= HT_EF_PARSED;
+	if (frag)
+		s->ev.flags |= HT_EF_FRAG;
+	ident = (ipid * 0x9e3779b1u ^ frag ^ (proto << 24)) | 1;
+	s->ident = ident;
+
+	/* non-first fragments carry no L4 header */
+	if ((f[HT_F_L3] == 4 && (frag & 0x1fff)) || (f[HT_F_L3] == 6 && (frag & 0xfff8)))
+		return -1;
+	if (l4 >= HT_HDR_LEN)
+		return -1;
+
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP) {
+		int sp = rd16(b, l4, len), dp = rd16(b, l4 + 2, len);
+		if (sp < 0 || dp < 0) {
+			s->ident = 0;
+			return -1;
+		}
+		f[HT_F_PORTS] = 1;
+		f[HT_F_SPORT] = sp;
+		f[HT_F_DPORT] = dp;
+		if (proto == IPPROTO_TCP) {
+			if (l4 + 12 > len) {
+				s->ident = 0;
+				return -1;
+			}
+			s->ident = ((ident * 31 + rd32(b, l4 + 4)) * 31 + rd32(b, l4 + 8)) | 1;
+			return -1;
+		}
+		if (proto != IPPROTO_UDP)
+			return -1;
+		int ulen = rd16(b, l4 + 4, len);
+		if (ulen < 0) {
+			s->ident = 0;
+			return -1;
+		}
+		s->ident = (ident * 31 + ulen) | 1;
+		if (ht_cfg.outer)
+			return -1;
+		if (is_vxlan_port(dp)) {
+			/* VXLAN (RFC 7348): 8-byte header with the I flag, then an Ethernet frame */
+			int fl = rd8(b, l4 + 8, len);
+			if (fl < 0 || !(fl & 0x08))
+				return -1;
+			return skip_eth(b, l4 + 16, len);
+		}
+		if (dp == GENEVE_PORT) {
+			/* Geneve (RFC 8926): 8 bytes + options, protocol type names the payload */
+			int o = rd8(b, l4 + 8, len), pt = rd16(b, l4 + 10, len);
+			if (o < 0 || pt < 0)
+				return -1;
+			if (pt == ETH_P_TEB)
+				return skip_eth(b, l4 + 16 + (o & 0x3f) * 4, len);
+			if (pt == ETH_P_IP || pt == ETH_P_IPV6)
+				return l4 + 16 + (o & 0x3f) * 4;
+		}
+		return -1;
+	}
+	if (proto == IPPROTO_ICMP || proto == 58 /* ICMPv6 */) {
+		int id = rd16(b, l4 + 4, len), seq = rd16(b, l4 + 6, len);
+		int type = rd8(b, l4, len);
+		if (id < 0 || seq < 0 || type < 0) {
+			s->ident = 0;
+			return -1;
+		}
+		s->ident = ((ident * 31 + ((__u32)id << 16 | seq)) * 31 + type) | 1;
+		return -1;
+	}
+	if (ht_cfg.outer)
+		return -1;
+	if (proto == IPPROTO_IPIP || proto == IPPROTO_IPV6)
+		return l4;
+	if (proto == IPPROTO_GRE) {
+		/* GRE (RFC 2784/2890): optional checksum, key and sequence words */
+		int gf = rd16(b, l4, len), pt = rd16(b, l4 + 2, len);
+		__u32 in;
+		if (gf < 0 || pt < 0)
+			return -1;
+		in = l4 + 4 + ((gf & 0x8000) ? 4 : 0) + ((gf & 0x2000) ? 4 : 0) +
+		     ((gf & 0x1000) ? 4 : 0);
+		if (pt == ETH_P_TEB)
+			return skip_eth(b, in, len);
+		if (pt == ETH_P_IP || pt == ETH_P_IPV6)
+			return in;
+	}
+	return -1;
+}
+
+/* Parse the captured headers down to the innermost IP header; returns the packet identity. */
+__noinline int ht_parse(struct scratch *s)
+{
+	int off = 0;
+
+	if (!s)
+		return 0;
+	s->ident = 0;
+	if (s->ev.hdr_len > HT_HDR_LEN)
+		return 0;
+	if (s->ev.hdr_kind == HT_HDR_ETH)
+		off = skip_eth(s->ev.hdr, 0, s->ev.hdr_len);
+	else if (s->ev.hdr_kind != HT_HDR_IP)
+		return 0;
+	for (int depth = 0; depth < HT_MAX_DEPTH && off >= 0; depth++)
+		off = ht_parse_level(s, off);
+	return s->ident;
+}
+
+static __always_inline bool filter_match(const __u32 *f)
+{
+	if (ht_cfg.match_all)
+		return true;
+	for (int t = 0; t < HT_FILTER_MAX_TERMS; t++) {
+		bool ok = true;
+
+		if (t >= ht_cfg.filter.nterms)
+			break;
+		for (int p = 0; p < HT_FILTER_MAX_PREDS; p++) {
+			__u32 field, v;
+			bool in;
+
+			if (p >= ht_cfg.filter.terms[t].npreds)
+				break;
+			field = ht_cfg.filter.terms[t].preds[p].field;
+			if (field >= HT_F_MAX)
+				return false;
+			v = f[field] & ht_cfg.filter.terms[t].preds[p].mask;
+			in = v >= ht_cfg.filter.terms[t].preds[p].lo &&
+			     v <= ht_cfg.filter.terms[t].preds[p].hi;
+			if (in == !!ht_cfg.filter.terms[t].preds[p].negate) {
+				ok = false;
+				break;
+			}
+		}
+		if (ok)
+			return true;
+	}
+	return false;
+}
+
+__noinline int ht_filter(struct scratch *s)
+{
+	if (!s)
+		return 0;
+	return filter_match(s->f);
+}
+
+/* ---- the common handler -------------------------------------------------------------------- */
+
+struct hook_info {
+	__u16 probe;
+	__u8 nf_hook;
+	__u8 nf_pf;
+	__s32 nf_prio;
+	__u32 drop_reason;
+	struct net_device *dev; /* overrides skb->dev when set (netfilter in/out) */
+	struct net *net;        /* netns when known from the hook state */
+};
+
+static __always_inline __u32 netns_of(struct net_device *dev, struct sk_buff *skb)
+{
+	if (dev)
+		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	struct sock *sk = BPF_CORE_READ(skb, sk);
+	if (sk)
+		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return 0;
+}
+
+static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi)
+{
+	__u32 zero = 0, netns, hlen = 0;
+	__u64 key = (__u64)skb;
+	struct scratch *s;
+	struct ht_event *e;
+	struct ht_track *tr, ntr = {};
+	struct net_device *dev;
+	unsigned char *head;
+	__u16 mh, nh;
+	__u32 tail;
+	int start = -1;
+	bool is_free = hi->probe == HT_PROBE_KFREE_SKB || hi->probe == HT_PROBE_CONSUME_SKB;
+
+	if (!skb)
+		return 0;
+	dev = hi->dev ? hi->dev : BPF_CORE_READ(skb, dev);
+	struct net *net = hi->net; /* a local: CO-RE must not relocate hook_info's fields */
+	netns = net ? BPF_CORE_READ(net, ns.inum) : netns_of(dev, skb);
+
+	tr = bpf_map_lookup_elem(&tracks, &key);
+	if (!tr && hi->probe == HT_PROBE_CONSUME_SKB)
+		return 0; /* a consumed packet that never matched: the common case, keep it cheap */
+	if (ht_cfg.filter_netns && !(tr && netns == 0) && !bpf_map_lookup_elem(&netns_allow, &netns))
+		return 0;
+
+	s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
+		return 0;
+	e = &s->ev;
+	e->flags = 0;
+
+	/* headers: from the MAC header when it is set and Ethernet-sized, else the network header */
+	head = BPF_CORE_READ(skb, head);
+	mh = BPF_CORE_READ(skb, mac_header);
+	nh = BPF_CORE_READ(skb, network_header);
+	tail = BPF_CORE_READ(skb, tail);
+	e->hdr_kind = HT_HDR_NONE;
+	if (mh != (__u16)~0U && nh >= mh && (nh - mh == 14 || nh - mh == 18 || nh - mh == 22)) {
+		start = mh;
+		e->hdr_kind = HT_HDR_ETH;
+	} else if (nh != (__u16)~0U && nh != 0) {
+		start = nh;
+		e->hdr_kind = HT_HDR_IP;
+	}
+	if (start >= 0 && tail > (__u32)start) {
+		hlen = tail - start;
+		if (hlen > HT_HDR_LEN)
+			hlen = HT_HDR_LEN;
+		if (bpf_probe_read_kernel(e->hdr, hlen & (2 * HT_HDR_LEN - 1), head + start))
+			hlen = 0;
+	}
+	if (hlen == 0)
+		e->hdr_kind = HT_HDR_NONE;
+	e->hdr_len = hlen;
+
+	/* parse to the flow key and the packet identity */
+	__u32 ident = ht_parse(s);
+	if (!(e->flags & HT_EF_PARSED))
+		s->f[HT_F_L3] = 0;
+
+	if (tr && ident && tr->identity && ident != tr->identity) {
+		/* the skb address was freed without our seeing it and now holds another packet */
+		bpf_map_delete_elem(&tracks, &key);
+		tr = NULL;
+		e->flags |= HT_EF_REUSED_SKB;
+	}
+	if (tr) {
+		e->track = tr->id;
+		if (!tr->identity && ident)
+			tr->identity = ident;
+	} else {
+		if (hi->probe == HT_PROBE_CONSUME_SKB || !ht_filter(s))
+			return 0;
+		e->track = __sync_fetch_and_add(&ht_next_track, 1) + 1;
+		e->flags |= HT_EF_NEW_TRACK;
+		if (!is_free) {
+			ntr.id = e->track;
+			ntr.identity = ident;
+			bpf_map_update_elem(&tracks, &key, &ntr, BPF_ANY);
+		}
+	}
+
+	e->ts_ns = bpf_ktime_get_ns();
+	e->skb = key;
+	e->netns = netns;
+	e->ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0;
+	if (dev)
+		BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
+	else
+		e->ifname[0] = 0;
+	e->len = BPF_CORE_READ(skb, len);
+	e->mark = BPF_CORE_READ(skb, mark);
+	e->protocol = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	e->cpu = bpf_get_smp_processor_id();
+	e->probe = hi->probe;
+	e->nf_hook = hi->nf_hook;
+	e->nf_pf = hi->nf_pf;
+	e->nf_prio = hi->nf_prio;
+	e->drop_reason = hi->drop_reason;
+	e->identity = ident;
+
+	if (is_free)
+		bpf_map_delete_elem(&tracks, &key);
+
+	/* Wake the consumer only when the ring is filling up; it polls on a short timer otherwise
+	 * (waking per event costs far more than the event: see docs/design.md). */
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), flags)) {
+		__u32 p = hi->probe;
+		__u64 *cnt = bpf_map_lookup_elem(&lost, &p);
+		if (cnt)
+			*cnt += 1;
+	}
+	return 0;
+}
+
+/* ---- tracepoints (tp_btf) ------------------------------------------------------------------ */
+
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb)
+{
+	struct hook_info hi = { .probe = HT_PROBE_NETIF_RECEIVE_SKB };
+	return handle(skb, &hi);
+}
+
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb)
+{
+	struct hook_info hi = { .probe = HT_PROBE_NET_DEV_QUEUE };
+	return handle(skb, &hi);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(tp_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	struct hook_info hi = { .probe = HT_PROBE_KFREE_SKB, .drop_reason = reason };
+	return handle(skb, &hi);
+}
+
+SEC("tp_btf/consume_skb")
+int BPF_PROG(tp_consume_skb, struct sk_buff *skb)
+{
+	struct hook_info hi = { .probe = HT_PROBE_CONSUME_SKB };
+	return handle(skb, &hi);
+}
+
+/* ---- netfilter BPF links (prog type BPF_PROG_TYPE_NETFILTER, set by the loader) ----------- */
+
+static __always_inline int nf_handle(struct bpf_nf_ctx *ctx, __u16 probe)
+{
+	const struct nf_hook_state *st = ctx->state;
+	struct hook_info hi = { .probe = probe };
+	__u8 hook = BPF_CORE_READ(st, hook);
+
+	hi.nf_hook = hook;
+	hi.nf_pf = BPF_CORE_READ(st, pf);
+	hi.nf_prio = probe == HT_PROBE_NF_FIRST ? -0x7fffffff : 0x7ffffffe;
+	hi.net = BPF_CORE_READ(st, net);
+	/* NF_INET_LOCAL_OUT (3) and POST_ROUTING (4) have an output device; the others an input */
+	hi.dev = hook >= 3 ? BPF_CORE_READ(st, out) : BPF_CORE_READ(st, in);
+	handle(ctx->skb, &hi);
+	return NF_ACCEPT;
+}
+
+SEC("netfilter")
+int nf_first(struct bpf_nf_ctx *ctx)
+{
+	return nf_handle(ctx, HT_PROBE_NF_FIRST);
+}
+
+SEC("netfilter")
+int nf_last(struct bpf_nf_ctx *ctx)
+{
+	return nf_handle(ctx, HT_PROBE_NF_LAST);
+}
+
+/* ---- function probes: fentry first, kprobe second (where the kernel allows them) ----------- */
+
+#define FUNC_PROBES(fn, probe_id)                                                  \
+	SEC("fentry/" #fn)                                                         \
+	int BPF_PROG(fe_##fn, struct sk_buff *skb)                                 \
+	{                                                                          \
+		struct hook_info hi = { .probe = probe_id };                       \
+		return handle(skb, &hi);                                           \
+	}                                                                          \
+	SEC("kprobe/" #fn)                                                         \
+	int BPF_KPROBE(kp_##fn, struct sk_buff *skb)                               \
+	{                                                                          \
+		struct hook_info hi = { .probe = probe_id };                       \
+		return handle(skb, &hi);                                           \
+	}
+
+FUNC_PROBES(ip_rcv, HT_PROBE_IP_RCV)
+FUNC_PROBES(br_pass_frame_up, HT_PROBE_BR_PASS_FRAME_UP)
+
+/* br_forward(const struct net_bridge_port *to, struct sk_buff *skb, ...) */
+SEC("fentry/br_forward")
+int BPF_PROG(fe_br_forward, void *to, struct sk_buff *skb)
+{
+	struct hook_info hi = { .probe = HT_PROBE_BR_FORWARD };
+	return handle(skb, &hi);
+}
+
+SEC("kprobe/br_forward")
+int BPF_KPROBE(kp_br_forward, void *to, struct sk_buff *skb)
+{
+	struct hook_info hi = { .probe = HT_PROBE_BR_FORWARD };
+	return handle(skb, &hi);
+}
+
+/* br_handle_frame(struct sk_buff **pskb): the bridge's rx_handler */
+SEC("fentry/br_handle_frame")
+int BPF_PROG(fe_br_handle_frame, struct sk_buff **pskb)
+{
+	struct hook_info hi = { .probe = HT_PROBE_BR_HANDLE_FRAME };
+	struct sk_buff *skb = NULL;
+	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
+	return handle(skb, &hi);
+}
+
+SEC("kprobe/br_handle_frame")
+int BPF_KPROBE(kp_br_handle_frame, struct sk_buff **pskb)
+{
+	struct hook_info hi = { .probe = HT_PROBE_BR_HANDLE_FRAME };
+	struct sk_buff *skb = NULL;
+	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
+	return handle(skb, &hi);
+}
