@@ -1,0 +1,110 @@
+"""The probe catalogue: every probe point hoptrace knows, and its mechanisms in order.
+
+This is the one place that says which kernel points exist, how each can be observed, and what
+hoptrace falls back to. Ids come from ``enum ht_probe`` in ``probes/hoptrace.h`` (read from the
+object's BTF by name); ``hoptrace doctor`` prints this table with what the running kernel chose;
+docs/probes.md is checked against it by tests.
+
+Mechanisms, best first: ``fentry`` (BPF trampoline), ``kprobe``, ``tp_btf`` (typed tracepoint),
+``netfilter`` (BPF netfilter link, per netns), and ``inferred`` (no probe: the point is
+reconstructed from neighbouring events; see tracer/hops.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Mech(StrEnum):
+    FENTRY = "fentry"
+    KPROBE = "kprobe"
+    TP_BTF = "tp_btf"
+    NETFILTER = "netfilter"
+    INFERRED = "inferred"
+
+
+@dataclass(frozen=True, slots=True)
+class Mechanism:
+    kind: Mech
+    program: str = ""  # program name in probes/hoptrace.bpf.c ("" for inferred)
+    target: str = ""  # kernel function or tracepoint
+    how: str = ""  # for inferred: from which events
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePoint:
+    name: str  # the kernel point, as users know it
+    enum: str  # member of enum ht_probe
+    label: str  # short label in hop chains
+    core: bool  # tracing cannot run without it
+    mechanisms: tuple[Mechanism, ...]
+    doc: str
+
+
+def _func(fn: str) -> tuple[Mechanism, Mechanism]:
+    return (
+        Mechanism(Mech.FENTRY, f"fe_{fn}", fn),
+        Mechanism(Mech.KPROBE, f"kp_{fn}", fn),
+    )
+
+
+CATALOGUE: tuple[ProbePoint, ...] = (
+    ProbePoint(
+        "netif_receive_skb", "HT_PROBE_NETIF_RECEIVE_SKB", "rx", True,
+        (Mechanism(Mech.TP_BTF, "tp_netif_receive_skb", "netif_receive_skb"),),
+        "a device receives a packet (every device, every netns)",
+    ),
+    ProbePoint(
+        "net_dev_queue", "HT_PROBE_NET_DEV_QUEUE", "tx", True,
+        (Mechanism(Mech.TP_BTF, "tp_net_dev_queue", "net_dev_queue"),),
+        "a packet is queued for transmit on a device (dev_queue_xmit)",
+    ),
+    ProbePoint(
+        "kfree_skb", "HT_PROBE_KFREE_SKB", "DROP", True,
+        (Mechanism(Mech.TP_BTF, "tp_kfree_skb", "kfree_skb"),),
+        "a packet is freed as dropped, with the kernel's drop reason",
+    ),
+    ProbePoint(
+        "consume_skb", "HT_PROBE_CONSUME_SKB", "free", True,
+        (Mechanism(Mech.TP_BTF, "tp_consume_skb", "consume_skb"),),
+        "a packet is freed after normal use (delivered, or a copy of it was)",
+    ),
+    ProbePoint(
+        "nf_hook_first", "HT_PROBE_NF_FIRST", "nf", True,
+        (Mechanism(Mech.NETFILTER, "nf_first", "IPv4+IPv6, 5 hooks, priority INT_MIN+1"),),
+        "a packet enters a netfilter hook (before every other hook function)",
+    ),
+    ProbePoint(
+        "nf_hook_last", "HT_PROBE_NF_LAST", "nf-out", True,
+        (Mechanism(Mech.NETFILTER, "nf_last", "IPv4+IPv6, 5 hooks, priority INT_MAX-1"),),
+        "a packet leaves a netfilter hook accepted (a first without a last: dropped inside)",
+    ),
+    ProbePoint(
+        "ip_rcv", "HT_PROBE_IP_RCV", "ip_rcv", False,
+        (*_func("ip_rcv"),
+         Mechanism(Mech.INFERRED, how="IPv4 PRE_ROUTING runs inside ip_rcv: nf PRE event")),
+        "the IPv4 stack receives a packet",
+    ),
+    ProbePoint(
+        "br_handle_frame", "HT_PROBE_BR_HANDLE_FRAME", "br_in", False,
+        (*_func("br_handle_frame"),
+         Mechanism(Mech.INFERRED, how="rx on a device whose master is a bridge")),
+        "a bridge port receives a frame",
+    ),
+    ProbePoint(
+        "br_forward", "HT_PROBE_BR_FORWARD", "br_fwd", False,
+        (*_func("br_forward"),
+         Mechanism(Mech.INFERRED, how="rx on one bridge port, then tx on another of that bridge")),
+        "the bridge forwards a frame to another port",
+    ),
+    ProbePoint(
+        "br_pass_frame_up", "HT_PROBE_BR_PASS_FRAME_UP", "br_up", False,
+        (*_func("br_pass_frame_up"),
+         Mechanism(Mech.INFERRED, how="rx on the bridge device itself")),
+        "the bridge passes a frame up to the host stack",
+    ),
+)
+
+BY_NAME = {p.name: p for p in CATALOGUE}
+BY_ENUM = {p.enum: p for p in CATALOGUE}

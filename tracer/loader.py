@@ -1,0 +1,332 @@
+"""Load hoptrace's probes: open -> configure -> load -> attach -> read -> close.
+
+The only place that drives libbpf (through tracer/libbpf.py). Each step that fails raises an
+error naming the step, with the libbpf/verifier log where there is one. Everything attached is
+detached by :meth:`Probes.close` (also on errors, Ctrl-C and SIGTERM: the CLI turns SIGTERM into
+an exception so ``with Probes(...)`` unwinds).
+
+Netfilter hooks have no libbpf attach call in libbpf 1.1: the loader sets the program type
+(BPF_PROG_TYPE_NETFILTER) before load and creates the links with the raw bpf(BPF_LINK_CREATE)
+syscall, entering each network namespace with setns() because a link belongs to the netns of the
+thread that creates it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import probes
+from tracer import libbpf
+from tracer.btf import Btf
+from tracer.capabilities import Choice, choose_all, require_btf, require_root
+from tracer.catalogue import Mech
+from tracer.errors import AttachError, LoadError
+from tracer.filter import CompiledFilter
+from tracer.names import Netns
+
+NFPROTO = {"ipv4": 2, "ipv6": 10}
+NF_HOOKS = range(5)  # PRE_ROUTING, LOCAL_IN, FORWARD, LOCAL_OUT, POST_ROUTING
+NF_PRIO = {"nf_first": -(2**31) + 1, "nf_last": 2**31 - 2}  # INT_MIN/INT_MAX are refused
+DEFAULT_VXLAN_PORTS = (4789, 8472, 6784)
+
+
+@dataclass
+class ProbeOptions:
+    """What the user asked for, as the loader needs it."""
+
+    filter: CompiledFilter
+    netns: list[Netns]
+    netns_all: bool = True
+    outer: bool = False
+    vxlan_ports: tuple[int, ...] = DEFAULT_VXLAN_PORTS
+    ring_bytes: int = 16 << 20
+    allow: frozenset[Mech] | None = None
+
+
+@dataclass
+class Timings:
+    choose_s: float = 0.0
+    open_s: float = 0.0
+    load_s: float = 0.0
+    attach_s: float = 0.0
+    steps: list[str] = field(default_factory=list)
+
+
+class Probes:
+    """A loaded, attached set of hoptrace probes. Use as a context manager."""
+
+    def __init__(self, opts: ProbeOptions) -> None:
+        self.opts = opts
+        self._lib = libbpf.lib()
+        self._obj: int = 0
+        self._btf: Btf | None = None
+        self._links: list[int] = []
+        self._nf_fds: list[int] = []
+        self._rb: int = 0
+        self._chunks: list[bytes] = []
+        self._cb = libbpf.RING_CB(self._on_event)
+        self.choices: list[Choice] = []
+        self.event_dtype: np.dtype | None = None
+        self.probe_ids: dict[str, int] = {}
+        self.timings = Timings()
+        self.nf_netns: list[str] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> Probes:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        require_root()
+        require_btf()
+        t0 = time.monotonic()
+        self.choices = choose_all(self.opts.allow)
+        for c in self.choices:
+            if c.chosen is None and c.point.core:
+                why = "; ".join(f"{m.kind}: {v.error}" for m, v in c.rejected)
+                raise AttachError(f"core probe {c.point.name} cannot be attached here ({why})")
+        t1 = time.monotonic()
+        self._open()
+        t2 = time.monotonic()
+        self._configure()
+        self._load()
+        t3 = time.monotonic()
+        self._attach()
+        t4 = time.monotonic()
+        self.timings = Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+
+    def close(self) -> None:
+        """Detach and free everything; safe to call twice and after partial starts."""
+        lib = self._lib
+        if self._rb:
+            lib.ring_buffer__free(self._rb)
+            self._rb = 0
+        for link in self._links:
+            lib.bpf_link__destroy(link)
+        self._links.clear()
+        for fd in self._nf_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._nf_fds.clear()
+        if self._obj:
+            lib.bpf_object__close(self._obj)
+            self._obj = 0
+        if self._btf:
+            self._btf.close()
+            self._btf = None
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        path = probes.object_path("hoptrace")
+        libbpf.take_log()
+        obj = self._lib.bpf_object__open_file(str(path).encode(), None)
+        self._obj = libbpf.check_ptr(obj, f"open {path}", LoadError)
+        self._btf = Btf.from_file(path)
+        self.event_dtype = self._btf.struct_dtype("ht_event")
+        self.probe_ids = self._btf.enum("ht_probe")
+
+    def _program(self, name: str) -> int:
+        prog = self._lib.bpf_object__find_program_by_name(self._obj, name.encode())
+        if not prog:
+            raise LoadError(f"program {name} missing from the BPF object (rebuild: make build)")
+        return int(prog)
+
+    def _configure(self) -> None:
+        lib, btf, opts = self._lib, self._btf, self.opts
+        assert btf is not None
+        wanted = {c.chosen.program for c in self.choices if c.chosen and c.chosen.program}
+        prog = lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            name = lib.bpf_program__name(prog).decode()
+            lib.bpf_program__set_autoload(prog, name in wanted)
+            if name in NF_PRIO:
+                lib.bpf_program__set_type(prog, libbpf.BPF_PROG_TYPE_NETFILTER)
+                lib.bpf_program__set_expected_attach_type(prog, libbpf.BPF_NETFILTER)
+            prog = lib.bpf_object__next_program(self._obj, prog)
+
+        ring = self._map("events")
+        libbpf.check_int(
+            lib.bpf_map__set_max_entries(ring, opts.ring_bytes), "resize ring buffer", LoadError
+        )
+
+        cfg = np.zeros(1, dtype=btf.struct_dtype("ht_config"))[0]
+        fields = btf.enum("ht_field")
+        cfg["match_all"] = int(opts.filter.match_all)
+        cfg["outer"] = int(opts.outer)
+        cfg["filter_netns"] = int(not opts.netns_all)
+        ports = sorted(set(opts.vxlan_ports))
+        if len(ports) > len(cfg["vxlan_ports"]):
+            raise LoadError(f"at most {len(cfg['vxlan_ports'])} VXLAN ports can be decapsulated")
+        cfg["n_tunnel_ports"] = len(ports)
+        cfg["vxlan_ports"][: len(ports)] = ports
+        flt = cfg["filter"]
+        flt["nterms"] = len(opts.filter.terms)
+        for i, term in enumerate(opts.filter.terms):
+            flt["terms"][i]["npreds"] = len(term)
+            for j, pred in enumerate(term):
+                dst = flt["terms"][i]["preds"][j]
+                dst["field"] = fields[pred.field]
+                dst["negate"] = int(pred.negate)
+                dst["mask"] = pred.mask
+                dst["lo"] = pred.lo
+                dst["hi"] = pred.hi
+        rodata = self._map_ending(".rodata")
+        size = ctypes.c_size_t()
+        base = lib.bpf_map__initial_value(rodata, ctypes.byref(size))
+        off = btf.var_offset(".rodata", "ht_cfg")
+        raw = cfg.tobytes()
+        if not base or off + len(raw) > size.value:
+            raise LoadError("cannot reach the .rodata of the BPF object to configure it")
+        ctypes.memmove(base + off, raw, len(raw))
+
+    def _load(self) -> None:
+        libbpf.take_log()
+        err = self._lib.bpf_object__load(self._obj)
+        if err:
+            raise LoadError(f"loading BPF programs failed ({libbpf.errmsg(err)})", libbpf.take_log())
+        if not self.opts.netns_all:
+            fd = self._lib.bpf_map__fd(self._map("netns_allow"))
+            one = ctypes.c_uint8(1)
+            for ns in self.opts.netns:
+                key = ctypes.c_uint32(ns.inode)
+                libbpf.check_int(
+                    self._lib.bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(one), 0),
+                    "netns_allow update",
+                    LoadError,
+                )
+
+    def _attach(self) -> None:
+        lib = self._lib
+        nf_progs: list[str] = []
+        for c in self.choices:
+            mech = c.chosen
+            if mech is None or not mech.program:
+                continue
+            if mech.kind == Mech.NETFILTER:
+                nf_progs.append(mech.program)
+                continue
+            libbpf.take_log()
+            link = lib.bpf_program__attach(self._program(mech.program))
+            if not link:
+                err = ctypes.get_errno()
+                raise AttachError(
+                    f"attaching {mech.kind} {mech.target} for {c.point.name} failed "
+                    f"({libbpf.errmsg(err)}): {libbpf.take_log().strip()}"
+                )
+            self._links.append(link)
+        if nf_progs:
+            self._attach_netfilter(nf_progs, self.opts.netns)
+        self._rb = libbpf.check_ptr(
+            lib.ring_buffer__new(lib.bpf_map__fd(self._map("events")), self._cb, None, None),
+            "ring_buffer__new",
+            LoadError,
+        )
+
+    def _attach_netfilter(self, names: Iterable[str], namespaces: list[Netns]) -> None:
+        fds = {n: self._lib.bpf_program__fd(self._program(n)) for n in names}
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            for ns in namespaces:
+                try:
+                    target = os.open(ns.path, os.O_RDONLY)
+                except OSError:
+                    continue  # the namespace went away since it was listed
+                try:
+                    libbpf.setns(target)
+                    for name, fd in fds.items():
+                        for pf in NFPROTO.values():
+                            for hook in NF_HOOKS:
+                                try:
+                                    link = libbpf.link_create_netfilter(fd, pf, hook, NF_PRIO[name])
+                                except OSError as exc:
+                                    raise AttachError(
+                                        f"netfilter link pf={pf} hook={hook} in netns {ns.name}: "
+                                        f"{libbpf.errmsg(exc.errno or 0)}"
+                                    ) from exc
+                                self._nf_fds.append(link)
+                    self.nf_netns.append(ns.name)
+                finally:
+                    os.close(target)
+                    libbpf.setns(own)
+        finally:
+            os.close(own)
+
+    def _map(self, name: str) -> int:
+        m = self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
+        return libbpf.check_ptr(m, f"find map {name}", LoadError)
+
+    def _map_ending(self, suffix: str) -> int:
+        m = self._lib.bpf_object__next_map(self._obj, None)
+        while m:
+            if self._lib.bpf_map__name(m).decode().endswith(suffix):
+                return int(m)
+            m = self._lib.bpf_object__next_map(self._obj, m)
+        raise LoadError(f"BPF object has no {suffix} map")
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _on_event(self, _ctx: int, data: int, size: int) -> int:
+        self._chunks.append(ctypes.string_at(data, size))
+        return 0
+
+    def read(self, timeout_ms: int = 10) -> np.ndarray:
+        """Wait up to ``timeout_ms`` (less when the ring fills), drain it, return the records."""
+        lib = self._lib
+        if lib.ring_buffer__poll(self._rb, timeout_ms) >= 0:
+            lib.ring_buffer__consume(self._rb)
+        return self._take()
+
+    def drain(self) -> np.ndarray:
+        self._lib.ring_buffer__consume(self._rb)
+        return self._take()
+
+    def _take(self) -> np.ndarray:
+        assert self.event_dtype is not None
+        if not self._chunks:
+            return np.empty(0, dtype=self.event_dtype)
+        raw = b"".join(self._chunks)
+        self._chunks.clear()
+        return np.frombuffer(raw, dtype=self.event_dtype)
+
+    def lost(self) -> dict[str, int]:
+        """Events the kernel could not write, per probe point name (summed over CPUs)."""
+        ncpu = self._lib.libbpf_num_possible_cpus()
+        fd = self._lib.bpf_map__fd(self._map("lost"))
+        vals = (ctypes.c_uint64 * ncpu)()
+        names = {v: k for k, v in self.probe_ids.items()}
+        out: dict[str, int] = {}
+        for pid in range(self.probe_ids.get("HT_PROBE_MAX", 0)):
+            key = ctypes.c_uint32(pid)
+            if self._lib.bpf_map_lookup_elem(fd, ctypes.byref(key), vals) == 0 and sum(vals):
+                out[_point_name(names.get(pid, str(pid)))] = int(sum(vals))
+        return out
+
+    def probe_name(self, probe_id: int) -> str:
+        for k, v in self.probe_ids.items():
+            if v == probe_id:
+                return _point_name(k)
+        return str(probe_id)
+
+
+def _point_name(enum_name: str) -> str:
+    from tracer.catalogue import BY_ENUM
+
+    point = BY_ENUM.get(enum_name)
+    return point.name if point else enum_name
