@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from struct import error as StructError
 
-from ._common import Stop, u16x2
+from ._common import Stop
 from .ethernet import ETH_P_IP, ETH_P_IPV6, ETH_P_TEB, ETHERTYPE_NAMES, parse_ethernet
 from .geneve import parse_geneve
 from .gre import parse_gre
 from .ip import parse_ipv4, parse_ipv6
 from .model import START_ETH, START_IP, Decoded, Flow, Tunnel, new_flow, new_tunnel
 from .ports import DEFAULT_PORTS, PortMap
-from .transport import parse_icmp, parse_quoted, parse_tcp
+from .transport import parse_icmp, parse_quoted, parse_tcp, parse_udp
 from .vxlan import looks_like_vxlan, parse_vxlan
 
 _END, _ETH, _IP, _IPV4, _IPV6 = 0, 1, 2, 3, 4
@@ -101,7 +101,7 @@ def decode(buf: bytes | bytearray | memoryview, start: int = START_ETH,
                 pass  # not the first fragment: no L4 header here
             elif proto == 17:
                 cur = "udp"
-                sport, dport = u16x2(buf, off)
+                sport, dport = parse_udp(buf, off)
                 layers.append("udp")
                 off += 8
                 plen -= 8
@@ -132,7 +132,9 @@ def decode(buf: bytes | bytearray | memoryview, start: int = START_ETH,
                 outer = new_flow(*last)
             if is_error:
                 cur = "quoted packet"
-                quoted = parse_quoted(buf, off, layers)
+                quoted, stop = parse_quoted(buf, off, layers)
+                if stop is not None:
+                    raise stop
             elif tun is not None:
                 if len(tunnels) == MAX_TUNNELS:
                     raise Stop("too many nested tunnels", off)

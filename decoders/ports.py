@@ -82,7 +82,8 @@ class PortMap(Mapping[int, str]):
             raise ValueError(f"cannot decode UDP as {name!r}: expected one of "
                              f"{', '.join(sorted(_ALIASES))}")
         if not 0 < lo <= hi < 65536:
-            raise ValueError(f"bad UDP port range in {spec!r}: ports are 1-65535, low <= high")
+            raise ValueError(f"bad UDP port range in decode-as {spec!r}: ports are 1-65535, "
+                             "low <= high")
         kind = _ALIASES[name]
         return (base if base is not None else DEFAULT_PORTS).with_ports(
             dict.fromkeys(range(lo, hi + 1), kind))

@@ -14,9 +14,11 @@ from ._common import Stop, u16x2
 from .ip import parse_ipv4, parse_ipv6
 from .model import Flow, new_flow
 
-_TCP = Struct("!HHIIBB").unpack_from
+_TCP = Struct("!HHIIBB6x").unpack_from  # the whole 20-byte header must be there
 _TCP8 = Struct("!HHI").unpack_from
 _ICMP = Struct("!BBxxHH").unpack_from
+#: ``(sport, dport)`` of the 8-byte UDP header at an offset (a bare unpack: it is hot).
+parse_udp = Struct("!HH4x").unpack_from
 
 #: ICMP types whose body quotes the offending packet, per IP version.
 ICMP_ERRORS = frozenset({3, 4, 5, 11, 12})
@@ -24,6 +26,9 @@ ICMPV6_ERRORS = frozenset({1, 2, 3, 4})
 #: ICMP types with identifier/sequence fields (echo, timestamp, information, address mask).
 ICMP_QUERIES = frozenset({0, 8, 13, 14, 15, 16, 17, 18})
 ICMPV6_QUERIES = frozenset({128, 129})
+_QUOTED_L4 = {6: "quoted-tcp", 17: "quoted-udp", 132: "quoted-sctp", 1: "quoted-icmp",
+              58: "quoted-icmpv6"}
+
 
 
 def parse_tcp(buf: bytes, off: int, l4_len: int) -> tuple[int, int, int, int, int, int]:
@@ -43,8 +48,12 @@ def parse_icmp(buf: bytes, off: int, v6: bool) -> tuple[int, int, int, int, bool
     return typ, code, 0, 0, typ in (ICMPV6_ERRORS if v6 else ICMP_ERRORS)
 
 
-def parse_quoted(buf: bytes, off: int, layers: list[str]) -> Flow:
-    """Decode the packet quoted by an ICMP error at ``off`` (layers ``quoted-ipv4``...)."""
+def parse_quoted(buf: bytes, off: int, layers: list[str]) -> tuple[Flow, Stop | None]:
+    """Decode the packet quoted by an ICMP error at ``off`` (layers ``quoted-ipv4``...).
+
+    Returns the quoted flow and, when its L4 header is cut, the :class:`Stop` to report
+    (the addresses are still worth having). A cut IP header raises :class:`Stop`.
+    """
     if len(buf) <= off:
         raise Stop("truncated quoted ip header", off)
     version = buf[off] >> 4
@@ -62,21 +71,23 @@ def parse_quoted(buf: bytes, off: int, layers: list[str]) -> Flow:
     except error:
         raise Stop(f"truncated quoted-ipv{version} header", off) from None
     sport = dport = seq = ack = flags = typ = code = ident = qseq = 0
-    if frag == 0 and len(buf) >= p + 8:
+    stop = None
+    name = _QUOTED_L4.get(proto) if frag == 0 else None
+    if name is not None and len(buf) < p + 8:
+        stop = Stop(f"truncated {name} header", p)
+    elif name is not None:
         if proto == 6:
-            if len(buf) >= p + 14:
+            if len(buf) >= p + 20:
                 sport, dport, seq, ack, flags, plen = parse_tcp(buf, p, plen)
             else:
                 sport, dport, seq = _TCP8(buf, p)
                 plen -= 20
-            layers.append("quoted-tcp")
-        elif proto == 17 or proto == 132:
-            sport, dport = u16x2(buf, p)
-            plen -= 8
-            layers.append("quoted-udp" if proto == 17 else "quoted-sctp")
         elif proto == 1 or proto == 58:
             typ, code, ident, qseq, _ = parse_icmp(buf, p, proto == 58)
             plen -= 8
-            layers.append("quoted-icmp" if proto == 1 else "quoted-icmpv6")
+        else:
+            sport, dport = u16x2(buf, p)
+            plen -= 8
+        layers.append(name)
     return new_flow(l3, src, dst, proto, sport, dport, ip_id, frag, more, seq, ack, flags,
-                    typ, code, ident, qseq, max(plen, 0))
+                    typ, code, ident, qseq, max(plen, 0)), stop
