@@ -222,10 +222,10 @@ class Applier:
             with step(f"enslave {p.ifname} to {p.bridge} in {self.name(p.ns)}"):
                 master = self.index(p.ns, p.bridge)
                 self.ipr(p.ns).link("set", index=self.index(p.ns, p.ifname), master=master)
-        for ns in t.namespaces:
-            for ifname in ("lo", *t.interfaces(ns.short)):
-                with step(f"set {ifname} up in {self.name(ns.short)}"):
-                    self.ipr(ns.short).link("set", index=self.index(ns.short, ifname), state="up")
+        for short in (n.short for n in t.namespaces):
+            for ifname in ("lo", *t.interfaces(short)):
+                with step(f"set {ifname} up in {self.name(short)}"):
+                    self.ipr(short).link("set", index=self.index(short, ifname), state="up")
 
     def add_addresses(self) -> None:
         for a in self.topo.addresses:

@@ -191,11 +191,11 @@ class Topology:
         uses += [(r.ns, r.ifname, f"route {r.dst}") for r in self.routes if r.ifname]
         uses += [(n.ns, n.ifname, f"neighbour {n.dst}") for n in self.neighbours]
         uses += [(f.ns, f.ifname, f"fdb {f.lladdr}") for f in self.fdb]
-        for ns, ifname, what in uses:
-            if ns not in shorts:
-                found.append(f"{what}: unknown namespace {ns}")
-            elif ifname not in self.interfaces(ns):
-                found.append(f"{what}: no interface {ifname} in {ns}")
+        for where, ifname, what in uses:
+            if where not in shorts:
+                found.append(f"{what}: unknown namespace {where}")
+            elif ifname not in self.interfaces(where):
+                found.append(f"{what}: no interface {ifname} in {where}")
         others = [r.ns for r in self.routes] + [s.ns for s in self.sysctls]
         others += [c.ns for c in self.commands] + [v.peer_ns for v in self.veths]
         found += [f"unknown namespace {ns}" for ns in sorted(set(others) - set(shorts))]
