@@ -1,8 +1,8 @@
 """Minimal classic pcap reader and writer (libpcap format, no pcapng).
 
 Enough for annotating captures and for the benchmarks: reads the whole file and yields
-``(timestamp, frame)`` with ``frame`` a zero-copy ``memoryview`` slice; :func:`start_for`
-maps the link type to the ``start`` argument of :func:`decoders.decode`.
+``(timestamp, frame)`` with ``frame`` a ``bytes`` slice (what decode wants anyway);
+:func:`start_for` maps the link type to the ``start`` argument of :func:`decoders.decode`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class PcapFile:
         """``START_ETH`` or ``START_IP`` for this link type (ValueError if unsupported)."""
         return start_for(self.linktype)
 
-    def __iter__(self) -> Iterator[tuple[float, memoryview]]:
-        data = memoryview(self.data)
+    def __iter__(self) -> Iterator[tuple[float, bytes]]:
+        data = self.data
         rec = struct.Struct(self._endian + "IIII").unpack_from
         tick = self._tick
         off = 24
