@@ -44,7 +44,7 @@ def require_btf() -> None:
 
 def _last_log_line(log: str) -> str:
     """The most specific line of a libbpf log: the first that names the failing program."""
-    lines = [ln.strip() for ln in log.strip().splitlines() if ln.strip()]
+    lines = [ln.strip().removeprefix("libbpf: ") for ln in log.strip().splitlines() if ln.strip()]
     for line in lines:
         if line.startswith("prog '") and ("fail" in line or "error" in line.lower()):
             return line

@@ -81,7 +81,7 @@ class Device:
     name: str
     kind: str  # veth, bridge, vxlan, ... ("" for physical / unknown)
     master: int  # ifindex of the bridge this device is a port of, 0 if none
-    peer_netns: int = 0  # veth: netns inode of the peer ("link-netnsid" resolved), if known
+    port: int = 0  # UDP destination port of a VXLAN/Geneve device
 
 
 def devices(ns: Netns) -> dict[int, Device]:
@@ -94,12 +94,79 @@ def devices(ns: Netns) -> dict[int, Device]:
             for link in ipr.get_links():
                 info = link.get_attr("IFLA_LINKINFO")
                 kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+                data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+                port = 0
+                if kind in ("vxlan", "geneve") and data is not None:
+                    port = data.get_attr("IFLA_VXLAN_PORT" if kind == "vxlan" else "IFLA_GENEVE_PORT") or 0
                 out[link["index"]] = Device(
                     link["index"],
                     link.get_attr("IFLA_IFNAME"),
                     kind or "",
                     link.get_attr("IFLA_MASTER") or 0,
+                    int(port),
                 )
     except Exception:  # namespace vanished or netlink refused: names fall back to the event's
         return {}
     return out
+
+
+class Topology:
+    """Devices of every traced namespace, by netns name: what hop naming needs to know.
+
+    Live, it is read over netlink (and re-read when an unknown device shows up); in a trace
+    file it is written into the header, so a replay names hops exactly as the live run did.
+    """
+
+    def __init__(self, devs: dict[str, dict[int, Device]] | None = None) -> None:
+        self.devs: dict[str, dict[int, Device]] = devs or {}
+        self._paths: dict[str, str] = {}
+
+    @classmethod
+    def read(cls, namespaces: list[Netns]) -> Topology:
+        topo = cls()
+        for ns in namespaces:
+            topo._paths[ns.name] = ns.path
+            topo.devs[ns.name] = devices(ns)
+        return topo
+
+    def device(self, netns: str, ifindex: int) -> Device | None:
+        found = self.devs.get(netns, {}).get(ifindex)
+        if found is None and netns in self._paths:
+            # a device created after start: read that namespace again, once per miss
+            self.devs[netns] = devices(Netns(netns, self._paths[netns], 0))
+            found = self.devs[netns].get(ifindex)
+        return found
+
+    def tunnel_ports(self, kind: str = "vxlan") -> set[int]:
+        """UDP ports of the tunnel devices seen (learned from the node, not assumed)."""
+        return {d.port for devs in self.devs.values() for d in devs.values() if d.kind == kind and d.port}
+
+    def role(self, netns: str) -> str:
+        """``node`` for the host and namespaces that bridge or tunnel; ``pod`` for the rest."""
+        if netns == HOST:
+            return "node"
+        kinds = {d.kind for d in self.devs.get(netns, {}).values()}
+        return "node" if kinds & {"bridge", "vxlan", "geneve", "ipip", "gre", "tun"} else "pod"
+
+    def to_json(self) -> dict[str, list[dict[str, object]]]:
+        return {
+            ns: [
+                {"ifindex": d.ifindex, "name": d.name, "kind": d.kind, "master": d.master}
+                for d in sorted(devs.values(), key=lambda d: d.ifindex)
+            ]
+            for ns, devs in self.devs.items()
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, list[dict[str, object]]]) -> Topology:
+        return cls(
+            {
+                ns: {
+                    int(d["ifindex"]): Device(  # type: ignore[arg-type]
+                        int(d["ifindex"]), str(d["name"]), str(d["kind"]), int(d["master"])  # type: ignore[arg-type]
+                    )
+                    for d in devs
+                }
+                for ns, devs in data.items()
+            }
+        )

@@ -1,0 +1,224 @@
+"""``hoptrace trace``: follow matching packets through the kernel and print their hop chains."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from tracer import __version__, libbpf
+from tracer.chains import Chain, ChainBuilder, render
+from tracer.errors import UsageError
+from tracer.event import Namer
+from tracer.filter import compile_filter
+from tracer.capabilities import require_root
+from tracer.names import Topology, resolve
+from tracer.tracefile import TraceWriter
+
+EXAMPLES = """\
+examples:
+  hoptrace trace 'host 10.244.2.2 and icmp' --netns all --count 4
+  hoptrace trace 'tcp port 8080' --duration 5 -o trace.jsonl
+  hoptrace trace 'udp port 8472' --outer --netns htlab-n1,htlab-n2
+  hoptrace trace --format json | jq 'select(.type=="event") | .probe'
+
+The filter is tcpdump syntax (see docs/filters.md), matched in the kernel against the innermost
+headers (after VXLAN/Geneve/GRE/IPIP decapsulation) unless --outer is given. A matching packet is
+then followed by identity through veth, bridges, tunnels and NAT until it is freed.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "trace",
+        help="trace matching packets hop by hop",
+        description="Trace packets that match FILTER through the Linux network path: every "
+        "device, bridge, netfilter hook, tunnel and the drop, with per-hop latency.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("filter", nargs="*", help="tcpdump filter expression (default: everything)")
+    p.add_argument("--netns", default="all", metavar="all|NAME,...",
+                   help="namespaces to trace: 'all' (default) or names; the machine's own is 'host'")
+    p.add_argument("--node", default=socket.gethostname(),
+                   help="node name written on every event (default: the hostname)")
+    p.add_argument("--count", "-c", type=int, default=0, metavar="N",
+                   help="stop after N packets have completed their path")
+    p.add_argument("--duration", "-d", type=float, default=0, metavar="SECONDS",
+                   help="stop after this many seconds")
+    p.add_argument("--output", "-o", type=Path, metavar="FILE",
+                   help="write every event as JSON lines to FILE (docs/event-schema.md)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="stdout format: hop chains as text (default) or the JSON-lines stream")
+    p.add_argument("--outer", action="store_true",
+                   help="match the filter against the outer headers, not the innermost")
+    p.add_argument("--vxlan-port", type=int, action="append", default=[], metavar="PORT",
+                   help="also decapsulate VXLAN on this UDP port (4789, 8472, 6784 and the "
+                   "ports of VXLAN devices found in the traced namespaces are always used)")
+    p.add_argument("--ring-size", type=int, default=16, metavar="MiB",
+                   help="kernel ring buffer size in MiB, a power of two (default 16)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show netfilter accept (last-priority) events in hop chains")
+    p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_sigterm(_sig: int, _frame: object) -> None:
+    raise _Stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    from tracer.loader import DEFAULT_VXLAN_PORTS, ProbeOptions, Probes
+
+    if args.debug:
+        libbpf.set_echo(True)
+    expr = " ".join(args.filter)
+    flt = compile_filter(expr)  # a bad filter fails before anything is attached
+    require_root()
+    ring = args.ring_size
+    if ring <= 0 or ring & (ring - 1):
+        raise UsageError(f"--ring-size {ring}: must be a power of two (MiB)")
+    if args.count < 0 or args.duration < 0:
+        raise UsageError("--count and --duration must not be negative")
+    namespaces = resolve(args.netns)
+    topo = Topology.read(namespaces)
+    ports = tuple(sorted(set(DEFAULT_VXLAN_PORTS) | topo.tunnel_ports() | set(args.vxlan_port)))
+    opts = ProbeOptions(
+        filter=flt,
+        netns=namespaces,
+        netns_all=args.netns.strip() == "all",
+        outer=args.outer,
+        vxlan_ports=ports,
+        ring_bytes=ring << 20,
+    )
+    out_fp: IO[str] | None = args.output.open("w") if args.output else None
+    writers = [TraceWriter(fp) for fp in (out_fp, sys.stdout if args.format == "json" else None) if fp]
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        with Probes(opts) as probes:
+            return _loop(args, probes, topo, writers, expr, ports)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if out_fp:
+            out_fp.close()
+
+
+def _loop(args, probes, topo, writers, expr, ports) -> int:  # type: ignore[no-untyped-def]
+    from decoders import PortMap
+    from tracer.catalogue import CATALOGUE
+
+    namer = Namer(args.node, probes.probe_ids, {p.enum: p.name for p in CATALOGUE})
+    header = dict(
+        node=args.node,
+        hostname=socket.gethostname(),
+        kernel=platform.release(),
+        hoptrace=__version__,
+        clock="CLOCK_MONOTONIC",
+        started_mono_ns=time.monotonic_ns(),
+        started_unix_ns=time.time_ns(),
+        filter=expr,
+        outer=args.outer,
+        netns=[n.name for n in probes.opts.netns],
+        vxlan_ports=list(ports),
+        probes=[
+            {
+                "point": c.point.name,
+                "mechanism": c.chosen.kind.value if c.chosen else None,
+                "target": c.chosen.target if c.chosen else None,
+                "rejected": {m.kind.value: v.error for m, v in c.rejected},
+            }
+            for c in probes.choices
+        ],
+        topology=topo.to_json(),
+    )
+    for w in writers:
+        w.header(**header)
+    text = args.format == "text"
+    builder = ChainBuilder(topo, PortMap({p: "vxlan" for p in ports}))
+    print(
+        f"Tracing {expr or 'all packets'} in {len(probes.opts.netns)} netns "
+        f"(attached in {sum(vars(probes.timings)[k] for k in ('choose_s', 'open_s', 'load_s', 'attach_s')):.2f}s). "
+        "Ctrl-C to end.",
+        file=sys.stderr,
+    )
+    if args.ready_file:
+        args.ready_file.touch()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    n_events = n_packets = 0
+    lost_seen: dict[str, int] = {}
+    last_lost_check = time.monotonic()
+
+    def emit(chains: list[Chain]) -> bool:
+        nonlocal n_packets
+        for c in chains:
+            n_packets += 1
+            if text:
+                print(render(c, args.verbose), flush=True)
+            if args.count and n_packets >= args.count:
+                return True
+        return False
+
+    def check_lost() -> None:
+        for probe, count in probes.lost().items():
+            if count > lost_seen.get(probe, 0):
+                print(f"hoptrace: lost {count - lost_seen.get(probe, 0)} events at {probe} "
+                      "(ring buffer full: raise --ring-size or narrow the filter)", file=sys.stderr)
+                lost_seen[probe] = count
+                for w in writers:
+                    w.lost(probe, count)
+
+    done = False
+    t_start = time.monotonic()
+    try:
+        while not done:
+            timeout = 50
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                timeout = max(1, min(timeout, int(left * 1000)))
+            events = namer.events(probes.read(timeout))
+            n_events += len(events)
+            for w in writers:
+                w.events(events)
+            for ev in events:
+                chain = builder.add(ev)
+                if chain is not None and emit([chain]):
+                    done = True
+                    break
+            if not done:
+                done = emit(builder.expire(time.monotonic_ns()))
+            if time.monotonic() - last_lost_check > 1.0:
+                check_lost()
+                last_lost_check = time.monotonic()
+    except (KeyboardInterrupt, _Stop):
+        pass
+    events = namer.events(probes.drain())
+    n_events += len(events)
+    for w in writers:
+        w.events(events)
+    for ev in events:
+        chain = builder.add(ev)
+        if chain is not None and not (args.count and n_packets >= args.count):
+            emit([chain])
+    if not (args.count and n_packets >= args.count):
+        emit(builder.flush())
+    check_lost()
+    elapsed = time.monotonic() - t_start
+    for w in writers:
+        w.summary(events=n_events, packets=n_packets, lost=lost_seen, duration_s=round(elapsed, 3))
+    lost_txt = ", ".join(f"{n} at {p}" for p, n in lost_seen.items()) or "none"
+    print(f"{n_events} events, {n_packets} packets in {elapsed:.1f}s; lost events: {lost_txt}",
+          file=sys.stderr)
+    os.sys.stdout.flush()
+    return 0
