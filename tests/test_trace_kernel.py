@@ -1,0 +1,270 @@
+"""Kernel tier: real probes, real namespaces, real packets through the two-node VXLAN lab."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.tracing import chains_of, hoptrace, require_kernel, tracing
+from tracer.chains import Chain
+from tracer.hops import HopKind
+from tracer.lab import Lab
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
+
+
+@pytest.fixture(autouse=True)
+def _kernel() -> None:
+    require_kernel()
+
+
+def lab_netns(lab: Lab) -> str:
+    return ",".join(lab.namespaces())
+
+
+def ping(lab: Lab, pod: str, dst: str, count: int = 1) -> subprocess.CompletedProcess[str]:
+    return lab.exec(pod, ["ping", "-c", str(count), "-i", "0.2", "-W", "1", dst], timeout=10)
+
+
+def chain_from(chains: list[Chain], src: str, dst: str) -> Chain:
+    for c in chains:
+        d = next((s.decoded for s in c.steps if s.decoded and s.decoded.inner), None)
+        if d and d.inner.src == src and d.inner.dst == dst:
+            return c
+    raise AssertionError(f"no chain {src} -> {dst} in {[c.summary() for c in chains]}")
+
+
+def hops(chain: Chain) -> list[tuple[str, str, HopKind]]:
+    return [(s.event.netns, s.event.ifname, s.hop.kind) for s in chain.steps]
+
+
+def assert_in_order(chain: Chain, expected: list[tuple[str, str, HopKind]]) -> None:
+    """Each expected (netns, device, hop) appears, in this order (other hops may sit between)."""
+    got = hops(chain)
+    i = 0
+    for want in expected:
+        while i < len(got) and got[i] != want:
+            i += 1
+        assert i < len(got), f"{want} missing or out of order in:\n" + "\n".join(map(str, got))
+        i += 1
+
+
+def assert_latencies(chain: Chain) -> None:
+    dts = [s.dt_ns for s in chain.steps[1:]]
+    assert all(dt > 0 for dt in dts), dts
+    assert sum(dts) == chain.duration_ns > 0
+
+
+def cross_node_path(lab: Lab, src: str, dst: str) -> list[tuple[str, str, HopKind]]:
+    n1, n2 = lab.netns("n1"), lab.netns("n2")
+    return [
+        (lab.netns(src), "eth0", HopKind.POD_TX),
+        (n1, f"veth-{src}", HopKind.BRIDGE_IN),
+        (n1, "cni0", HopKind.BRIDGE_UP),
+        (n1, "flannel.1", HopKind.ENCAP),
+        (n1, "u1", HopKind.UNDERLAY_TX),
+        (n2, "u2", HopKind.UNDERLAY_RX),
+        (n2, "flannel.1", HopKind.DECAP),
+        (n2, "cni0", HopKind.BRIDGE_TX),
+        (n2, f"veth-{dst}", HopKind.VETH_TX),
+        (lab.netns(dst), "eth0", HopKind.POD_RX),
+    ]
+
+
+def test_ping_across_nodes_follows_every_hop(vxlan_lab: Lab, tmp_path: Path) -> None:
+    lab = vxlan_lab
+    a1, b1 = lab.addr("a1"), lab.addr("b1")
+    with tracing(tmp_path, f"host {b1} and icmp", "--netns", lab_netns(lab)) as run:
+        assert ping(lab, "a1", b1).returncode == 0
+        time.sleep(0.3)
+        trace = run.stop()
+    chains = chains_of(trace)
+    req = chain_from(chains, a1, b1)
+    assert_in_order(req, cross_node_path(lab, "a1", "b1"))
+    assert_latencies(req)
+    changes = [s.change for s in req.steps if s.change]
+    assert any(c.startswith("encapsulated VXLAN vni 1") for c in changes), changes
+    assert "decapsulated" in changes
+    assert req.complete and not req.dropped
+    # the reply is its own packet, on the mirrored path
+    reply = chain_from(chains, b1, a1)
+    assert reply.track != req.track
+    assert (lab.netns("a1"), "eth0", HopKind.POD_RX) in hops(reply)
+    # the trace file is self-describing
+    assert trace.header["filter"] == f"host {b1} and icmp"
+    assert {p["point"] for p in trace.header["probes"]} >= {"netif_receive_skb", "kfree_skb"}
+    assert trace.summary["lost"] == {}
+
+
+def test_tcp_connection_across_nodes(vxlan_lab: Lab, tmp_path: Path) -> None:
+    lab = vxlan_lab
+    a1, b1 = lab.addr("a1"), lab.addr("b1")
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", lab.netns("b1"), "timeout", "15", "python3", "-c",
+         "import socket; s=socket.create_server(('0.0.0.0', 8080)); c,_=s.accept(); "
+         "c.sendall(c.recv(100)); c.close()"],
+    )
+    try:
+        time.sleep(0.3)
+        with tracing(tmp_path, "tcp port 8080", "--netns", lab_netns(lab)) as run:
+            client = lab.exec("a1", ["timeout", "10", "python3", "-c",
+                                     f"import socket; c=socket.create_connection(('{b1}', 8080), 5);"
+                                     "c.sendall(b'hoptrace'); assert c.recv(100) == b'hoptrace'"],
+                              timeout=15)
+            assert client.returncode == 0, client.stderr
+            time.sleep(0.3)
+            trace = run.stop()
+    finally:
+        server.kill()
+        server.wait()
+    chains = [c for c in chains_of(trace) if c.first.decoded and c.first.decoded.inner]
+    syn = next(c for c in chains
+               if c.first.decoded.inner.dst == b1 and c.first.decoded.inner.tcp_flags & 0x02)
+    assert_in_order(syn, cross_node_path(lab, "a1", "b1"))
+    assert_latencies(syn)
+    assert chain_from(chains, b1, a1)  # and the server's segments come back
+    assert len(chains) >= 6  # SYN, SYN-ACK, ACK, data both ways, FINs
+
+
+def test_same_node_traffic_is_bridged(vxlan_lab: Lab, tmp_path: Path) -> None:
+    lab = vxlan_lab
+    a1, a2 = lab.addr("a1"), lab.addr("a2")
+    n1 = lab.netns("n1")
+    with tracing(tmp_path, f"src host {a1} and dst host {a2} and icmp",
+                 "--netns", lab_netns(lab)) as run:
+        assert ping(lab, "a1", a2).returncode == 0
+        time.sleep(0.3)
+        trace = run.stop()
+    req = chain_from(chains_of(trace), a1, a2)
+    assert_in_order(req, [
+        (lab.netns("a1"), "eth0", HopKind.POD_TX),
+        (n1, "veth-a1", HopKind.BRIDGE_IN),
+        (n1, "veth-a2", HopKind.BRIDGE_FORWARD),
+        (lab.netns("a2"), "eth0", HopKind.POD_RX),
+    ])
+    assert not any(s.hop.kind in (HopKind.ENCAP, HopKind.UNDERLAY_TX) for s in req.steps)
+    assert_latencies(req)
+
+
+def test_forward_drop_ends_the_chain_with_its_reason(vxlan_lab: Lab, tmp_path: Path) -> None:
+    lab = vxlan_lab
+    a1, b1 = lab.addr("a1"), lab.addr("b1")
+    n2 = lab.netns("n2")
+    rule = ["FORWARD", "-d", b1, "-p", "icmp", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", n2, "iptables", "-I", *rule], check=True, timeout=10)
+    try:
+        with tracing(tmp_path, f"host {b1} and icmp", "--netns", lab_netns(lab)) as run:
+            assert ping(lab, "a1", b1).returncode != 0
+            time.sleep(0.3)
+            trace = run.stop()
+    finally:
+        subprocess.run(["ip", "netns", "exec", n2, "iptables", "-D", *rule], check=True, timeout=10)
+    req = chain_from(chains_of(trace), a1, b1)
+    assert req.dropped
+    last = req.last
+    assert (last.event.netns, last.event.drop_reason) == (n2, "NETFILTER_DROP")
+    assert "inside nf:FORWARD" in last.change
+    before = req.steps[-2].event
+    assert (before.probe, before.nf_hook, before.netns) == ("nf_hook_first", "FORWARD", n2)
+    assert not any(s.event.netns == lab.netns("b1") for s in req.steps)
+
+    # without the rule the same packet reaches the pod again
+    with tracing(tmp_path, f"host {b1} and icmp", "--netns", lab_netns(lab)) as run:
+        assert ping(lab, "a1", b1).returncode == 0
+        time.sleep(0.3)
+        trace = run.stop()
+    again = chain_from(chains_of(trace), a1, b1)
+    assert (lab.netns("b1"), "eth0", HopKind.POD_RX) in hops(again)
+
+
+def test_filter_matching_nothing_yields_no_events(vxlan_lab: Lab, tmp_path: Path) -> None:
+    lab = vxlan_lab
+    with tracing(tmp_path, "host 10.250.99.99", "--netns", lab_netns(lab)) as run:
+        assert ping(lab, "a1", lab.addr("b1"), count=3).returncode == 0
+        trace = run.stop()
+    assert trace.events == []
+    assert trace.summary["events"] == 0
+
+
+def test_count_stops_after_n_packets(vxlan_lab: Lab, tmp_path: Path) -> None:
+    lab = vxlan_lab
+    out = tmp_path / "t.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracer", "trace", f"icmp and host {lab.addr('b1')}", "--count", "2",
+         "--netns", lab_netns(lab), "-o", str(out), "--ready-file", str(tmp_path / "r")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not (tmp_path / "r").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ping(lab, "a1", lab.addr("b1"), count=3)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert stdout.count("\npacket ") + stdout.startswith("packet ") == 2, stdout
+    assert "Tracing" in stderr and "2 packets" in stderr
+
+
+def test_bad_input_fails_before_attaching(tmp_path: Path) -> None:
+    r = hoptrace("trace", "host 10.0.0.300")
+    assert r.returncode == 2 and "hoptrace: " in r.stderr and "Traceback" not in r.stderr
+    r = hoptrace("trace", "tcp and (port 80", "--count", "1")
+    assert r.returncode == 2 and "filter" in r.stderr
+    r = hoptrace("trace", "--netns", "no-such-netns-xyz", "--count", "1")
+    assert r.returncode == 2 and "unknown network namespace 'no-such-netns-xyz'" in r.stderr
+
+
+def test_not_root_is_a_clear_error() -> None:
+    # A real unprivileged process: import as root (the interpreter lives under /root), then
+    # drop to nobody before hoptrace runs, as `sudo -u nobody hoptrace trace` would.
+    code = (
+        "import os, sys, tracer.cli, tracer.commands.trace, tracer.loader, tracer.names;"
+        "tracer.cli.build_parser(); os.setgroups([]); os.setgid(65534); os.setuid(65534);"
+        "sys.exit(tracer.cli.main(['trace', '--count', '1']))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 1, r.stderr
+    assert "needs root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_nothing_stays_attached(vxlan_lab: Lab, tmp_path: Path) -> None:
+    def ours() -> int:
+        """BPF links whose program is one of hoptrace's (bpftool's JSON: links name prog ids)."""
+        def bpftool(*a: str) -> list[dict[str, object]]:
+            out = subprocess.run(["bpftool", "-j", *a], capture_output=True, text=True,
+                                 timeout=10, check=True).stdout
+            return json.loads(out or "[]")
+
+        names = {"tp_netif_receive_skb", "tp_net_dev_queue", "tp_kfree_skb", "tp_consume_skb",
+                 "nf_first", "nf_last"}
+        progs = {p["id"] for p in bpftool("prog", "show") if p.get("name") in names}
+        return sum(1 for link in bpftool("link", "show") if link.get("prog_id") in progs)
+
+    before = ours()
+    with tracing(tmp_path, "icmp", "--netns", lab_netns(lab := vxlan_lab)) as run:
+        assert ours() > before
+        ping(lab, "a1", lab.addr("b1"))
+        run.stop()
+    assert ours() == before
+    # SIGTERM and SIGKILL too (a killed process's links go with its file descriptors)
+    for sig in ("TERM", "KILL"):
+        with tracing(tmp_path, "icmp", "--netns", lab_netns(lab)) as run:
+            assert ours() > before
+            run.proc.send_signal(getattr(__import__("signal"), f"SIG{sig}"))
+            run.proc.wait(timeout=10)
+            if sig == "TERM":
+                assert run.proc.returncode == 0
+            run.trace = object()  # type: ignore[assignment]  # nothing to read
+        assert ours() == before
+

@@ -1,0 +1,106 @@
+"""Helpers for kernel-tier tests that run ``hoptrace trace`` for real (pwru's shape): start it
+with a ready file, wait until every probe is attached, make traffic, stop it, read its JSON."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tracer.chains import Chain, ChainBuilder
+from tracer.names import Topology
+from tracer.tracefile import Trace, read_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kernel_missing() -> str | None:
+    """Why probes cannot be loaded here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "needs kernel BTF (/sys/kernel/btf/vmlinux)"
+    if not (ROOT / "probes" / "hoptrace.bpf.o").exists():
+        return "needs the built BPF object (make build)"
+    return None
+
+
+def require_kernel() -> None:
+    reason = kernel_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+def hoptrace(*args: str, timeout: float = 30, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tracer", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw,  # type: ignore[call-overload]
+    )
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[str]
+    out: Path
+    trace: Trace | None = None
+    stderr: str = ""
+
+    def stop(self, timeout: float = 20) -> Trace:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            _, self.stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, self.stderr = self.proc.communicate()
+            raise
+        assert self.proc.returncode == 0, self.stderr
+        self.trace = read_trace(self.out)
+        return self.trace
+
+
+@contextmanager
+def tracing(tmp_path: Path, *args: str, ready_timeout: float = 15) -> Iterator[Running]:
+    """Run ``hoptrace trace ARGS -o FILE`` until the block ends (then SIGINT), always reaped."""
+    out = tmp_path / "trace.jsonl"
+    ready = tmp_path / "ready"
+    ready.unlink(missing_ok=True)  # a second run in the same test must wait for its own
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracer", "trace", *args, "-o", str(out), "--ready-file", str(ready)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    run = Running(proc, out)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"hoptrace trace exited early: {proc.stderr.read()}")  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                raise AssertionError("hoptrace trace did not attach in time")
+            time.sleep(0.02)
+        yield run
+        if run.trace is None:
+            run.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def chains_of(trace: Trace) -> list[Chain]:
+    """Replay a trace file into complete hop chains (the same code the live text output uses)."""
+    builder = ChainBuilder(Topology.from_json(trace.header.get("topology", {})))
+    out = []
+    for ev in sorted(trace.events, key=lambda e: e.ts_ns):
+        chain = builder.add(ev)
+        if chain is not None:
+            out.append(chain)
+    return out + builder.flush()
