@@ -28,7 +28,8 @@ from scapy.packet import Packet, Raw
 from decoders.pcap import write_pcap
 
 CORPORA = ("plain", "vxlan4789", "vxlan8472", "ipip", "geneve", "mix")
-#: tshark decode-as arguments each corpus needs (tshark knows 4789 and 6081 only).
+#: tshark decode-as arguments each corpus needs (tshark knows 4789 and 6081 only); the
+#: benchmark keeps a copy so that its workers need not import scapy.
 TSHARK_DECODE_AS = {"vxlan8472": ["udp.port==8472,vxlan"],
                     "mix": ["udp.port==8472,vxlan", "udp.port==8285,ip"]}
 POOL = 2000
