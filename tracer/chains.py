@@ -170,8 +170,11 @@ def render(chain: Chain, verbose: bool = False) -> str:
             note = (note + " " if note else "") + f"({s.hop.inferred}, inferred)"
         elif s.hop.kind not in (HopKind.NETFILTER, HopKind.DROP, HopKind.FREED):
             note = (note + " " if note else "") + f"({s.hop.kind})"
-        lines.append(
+        line = (
             f"{s.offset_ns / 1000:>9.1f}us {ev.netns[:12]:<12} {ev.ifname[:12]:<12} "
             f"{s.hop.label:<9} {note}".rstrip()
         )
+        if len(line) > 80:  # keep 80 columns: the note goes on its own line
+            line = line[: line.rindex(note)].rstrip() + "\n" + " " * 12 + note
+        lines.append(line)
     return "\n".join(lines)
