@@ -22,8 +22,9 @@ def shape(expr: str) -> list[set[str]]:
 
 
 def fields(**kw: object) -> dict[str, int]:
-    base: dict[str, object] = dict(l3=4, proto=6, src="10.0.0.1", dst="10.0.0.2",
-                                   sport=1234, dport=80, ports_valid=True)  # fmt: skip
+    base: dict[str, object] = dict(
+        l3=4, proto=6, src="10.0.0.1", dst="10.0.0.2", sport=1234, dport=80, ports_valid=True
+    )
     return flow_fields(**(base | kw))  # type: ignore[arg-type]
 
 
@@ -66,8 +67,13 @@ def test_host_v4_implies_ipv4() -> None:
 
 def test_ipv6_host_and_net_expand_into_words() -> None:
     (term,) = shape("src host 2001:db8::1")
-    assert term == {"L3 == 6", "SADDR0 == 0x20010db8", "SADDR1 == 0x00000000",
-                    "SADDR2 == 0x00000000", "SADDR3 == 0x00000001"}  # fmt: skip
+    assert term == {
+        "L3 == 6",
+        "SADDR0 == 0x20010db8",
+        "SADDR1 == 0x00000000",
+        "SADDR2 == 0x00000000",
+        "SADDR3 == 0x00000001",
+    }
     (term,) = shape("dst net 2001:db8:ff00::/40")
     assert term == {"L3 == 6", "DADDR0 == 0x20010db8", "DADDR1 & 0xff000000 == 0xff000000"}
 
@@ -109,8 +115,10 @@ def test_precedence_is_libpcaps_and_or_equal_left_to_right() -> None:
         ("port 80 or 443", "port 80 or port 443"),
         ("tcp dst port 80 or 443", "tcp dst port 80 or tcp dst port 443"),
         ("port 80 and not 53", "port 80 and not port 53"),
-        ("host 1.1.1.1 and (2.2.2.2 or 3.3.3.3)", 
-         "host 1.1.1.1 and (host 2.2.2.2 or host 3.3.3.3)"),
+        (
+            "host 1.1.1.1 and (2.2.2.2 or 3.3.3.3)",
+            "host 1.1.1.1 and (host 2.2.2.2 or host 3.3.3.3)",
+        ),
         ("not host 1.1.1.1 or 2.2.2.2", "(not host 1.1.1.1) or host 2.2.2.2"),
         ("ip proto 6 or 17", "ip proto 6 or ip proto 17"),
     ],
@@ -160,8 +168,11 @@ def test_limits() -> None:
         ("port http0", "expected a port number after 'port' at column 6: 'port http0'"),
         ("port 70000", "expected a port number after 'port' at column 6"),
         ("portrange 5-", "expected a port range A-B after 'portrange' at column 11"),
-        ("tcp[13] & 2 != 0", "packet data accessors like 'tcp[...]' are not supported by "
-         "hoptrace's kernel filter at column 1"),  # fmt: skip
+        (
+            "tcp[13] & 2 != 0",
+            "packet data accessors like 'tcp[...]' are not supported by "
+            "hoptrace's kernel filter at column 1",
+        ),
         ("ether host 00:11:22:33:44:55", "'ether' is not supported by hoptrace's kernel filter"),
         ("vlan and tcp", "'vlan' is not supported"),
         ("greater 100", "'greater' is not supported"),
@@ -252,7 +263,13 @@ def test_dnf_equals_formula(
     l3: int, proto: int, addrs: tuple[int, int], ports: tuple[int, int], ports_valid: bool
 ) -> None:
     pool = V6 if l3 == 6 else V4
-    f = flow_fields(l3, proto, pool[addrs[0]], pool[addrs[1]], *ports,
-                    ports_valid and l3 != 0 and proto in (6, 17, 132))  # fmt: skip
+    f = flow_fields(
+        l3,
+        proto,
+        pool[addrs[0]],
+        pool[addrs[1]],
+        *ports,
+        ports_valid and l3 != 0 and proto in (6, 17, 132),
+    )
     for expr in EXPRESSIONS:
         assert compile_filter(expr).matches(f) == _eval(flt._Parser(expr).parse(), f), expr

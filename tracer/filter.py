@@ -27,17 +27,13 @@ from tracer.errors import FilterError
 MAX_TERMS = 32
 MAX_PREDS = 12
 
-FIELDS = (  # enum ht_field member names, in declaration order (for display only)
-    "HT_F_L3", "HT_F_PROTO", "HT_F_PORTS", "HT_F_SPORT", "HT_F_DPORT",
-    "HT_F_SADDR0", "HT_F_SADDR1", "HT_F_SADDR2", "HT_F_SADDR3",
-    "HT_F_DADDR0", "HT_F_DADDR1", "HT_F_DADDR2", "HT_F_DADDR3",
-)  # fmt: skip
-FULL = 0xFFFFFFFF
-_FIELD_MAX = {"HT_F_L3": 6, "HT_F_PROTO": 255, "HT_F_PORTS": 1,
-              "HT_F_SPORT": 0xFFFF, "HT_F_DPORT": 0xFFFF}  # fmt: skip
-_L3_VALUES = (0, 4, 6)  # HT_F_L3 never holds anything else: sets are canonicalised over these
 _SADDR = tuple(f"HT_F_SADDR{i}" for i in range(4))
 _DADDR = tuple(f"HT_F_DADDR{i}" for i in range(4))
+# enum ht_field member names in declaration order (the order is for display only)
+FIELDS = ("HT_F_L3", "HT_F_PROTO", "HT_F_PORTS", "HT_F_SPORT", "HT_F_DPORT", *_SADDR, *_DADDR)
+FULL = 0xFFFFFFFF
+_FIELD_MAX = dict(HT_F_L3=6, HT_F_PROTO=255, HT_F_PORTS=1, HT_F_SPORT=0xFFFF, HT_F_DPORT=0xFFFF)
+_L3_VALUES = (0, 4, 6)  # HT_F_L3 never holds anything else: sets are canonicalised over these
 _L3, _PORTS = ("HT_F_L3", FULL), ("HT_F_PORTS", FULL)
 _MAX_WORK = 1024  # terms in an intermediate product before we give up
 
@@ -215,14 +211,37 @@ def _or(*args: _Node) -> _Node:
     return _Op("or", args) if len(args) > 1 else args[0]
 
 
-def _dnf(node: _Node, neg: bool = False) -> list[Term]:
-    """DNF of ``node`` (negated when ``neg``): negation is pushed to the leaves on the way."""
+# The kernel's L3 and PORTS take few values: (L3, PORTS) is one of these (PORTS == 1 means IP).
+_CASES = ((0, 0), (4, 0), (4, 1), (6, 0), (6, 1))
+
+
+def _cases_dnf(node: _Node) -> list[Term]:
+    """The DNF of ``node``, built once per (L3, PORTS) case with those two fixed, then merged.
+
+    ``not (host 10.0.0.1 or host 2001:db8::1)`` distributed directly gives 34 terms, half of
+    them IPv4 conditions ANDed with IPv6 ones; split by L3 first it is 1 + 1 + 16.
+    """
+    terms: list[Term] = []
+    for l3, ports in _CASES:
+        fixed = {_L3: ((l3, l3),), _PORTS: ((ports, ports),)}
+        for t in _dnf(node, False, {_L3: l3, _PORTS: ports}):
+            terms.append(_ports_imply_ip(t | fixed) or {})
+    return _simplify(terms)
+
+
+def _dnf(node: _Node, neg: bool, env: Mapping[Key, int]) -> list[Term]:
+    """DNF of ``node`` (negated when ``neg``): negation is pushed to the leaves on the way.
+
+    A leaf on a field fixed in ``env`` is a constant: true (``[{}]``) or false (``[]``).
+    """
     if isinstance(node, _Leaf):
         r = _complement(node.key, node.ranges) if neg else node.ranges
+        if node.key in env:
+            return [{}] if _contains(r, env[node.key]) else []
         return [] if not r else [{}] if r == ((0, _umax(node.key)),) else [{node.key: r}]
     if node.op == "not":
-        return _dnf(node.args[0], not neg)
-    parts = [_dnf(a, neg) for a in node.args]
+        return _dnf(node.args[0], not neg, env)
+    parts = [_dnf(a, neg, env) for a in node.args]
     if (node.op == "or") != neg:
         return _simplify([t for p in parts for t in p])
     acc: list[Term] = [{}]
@@ -254,25 +273,36 @@ def _merge(a: Term, b: Term) -> Term | None:
         for key2 in [k for k in out if k[0] == field and k[1] != m1 and k[1] & ~m1 == 0]:
             if not _contains(out.pop(key2), r[0][0] & key2[1]):
                 return None
-    # ports are only valid for TCP/UDP/SCTP over IPv4/IPv6, so PORTS == 1 implies "is IP"
-    if out.get(_PORTS) == ((1, 1),) and _L3 in out:
-        r = _intersect(_L3, out.pop(_L3), ((4, 6),))
+    return _ports_imply_ip(out)
+
+
+def _ports_imply_ip(t: Term) -> Term | None:
+    """Ports are only valid for TCP/UDP/SCTP over IPv4/IPv6: PORTS == 1 implies L3 is 4 or 6."""
+    if t.get(_L3) == ((0, 0),) and _PORTS in t:
+        return t if _contains(t.pop(_PORTS), 0) else None
+    if t.get(_PORTS) == ((1, 1),) and _L3 in t:
+        r = _intersect(_L3, t.pop(_L3), ((4, 6),))
         if not r:
             return None
         if r != ((4, 6),):
-            out[_L3] = r
-    return out
+            t[_L3] = r
+    return t
 
 
 def _implies(b: Term, a: Term) -> bool:
     """True when term ``b`` implies term ``a`` (b is the narrower)."""
     if b.get(_PORTS) == ((1, 1),) and _L3 not in b:
-        b = b | {_L3: ((4, 6),)}  # see _merge
+        b = b | {_L3: ((4, 6),)}  # see _ports_imply_ip
+    if b.get(_L3) == ((0, 0),) and _PORTS not in b:
+        b = b | {_PORTS: ((0, 0),)}
     for key, ra in a.items():
         if key in b and _subset(key, b[key], ra):
             continue
-        fixed = [r[0][0] for (f, m), r in b.items() if f == key[0] and key[1] & ~m == 0
-                 and len(r) == 1 and r[0][0] == r[0][1]]  # fmt: skip
+        fixed = [
+            r[0][0]
+            for (f, m), r in b.items()
+            if f == key[0] and key[1] & ~m == 0 and len(r) == 1 and r[0][0] == r[0][1]
+        ]
         if not any(_contains(ra, v & key[1]) for v in fixed):
             return False
     return True
@@ -288,8 +318,25 @@ def _simplify(terms: list[Term]) -> list[Term]:
             kept = [k for k in kept if not _implies(k, t)] + [t]
         merged = _merge_one(kept)
         if merged is None:
-            return kept
+            merged = _widen(kept)
+            if merged == kept:
+                return kept
         terms = merged
+
+
+def _widen(terms: list[Term]) -> list[Term]:
+    """``k in S or (k in T and X)`` is ``k in S or X`` when S and T cover everything."""
+    out = list(terms)
+    for single in [t for t in terms if len(t) == 1]:
+        ((key, r),) = single.items()
+        for i, t in enumerate(out):
+            if len(t) > 1 and key in t and _canon(key, list(t[key] + r)) == _full(key):
+                out[i] = {k: v for k, v in t.items() if k != key}
+    return out
+
+
+def _full(key: Key) -> Ranges:
+    return _canon(key, [(0, FULL)])
 
 
 def _merge_one(terms: list[Term]) -> list[Term] | None:
@@ -302,8 +349,9 @@ def _merge_one(terms: list[Term]) -> list[Term] | None:
             key = diff[0]
             u = _canon(key, list(a[key] + b[key]))
             new = {k: v for k, v in a.items() if k != key}
-            if u != _canon(key, [(0, FULL)]):
+            if u != _full(key):
                 new[key] = u
+            new = _ports_imply_ip(new) or new
             return terms[:i] + [new] + terms[i + 1 : j] + terms[j + 1 :]
     return None
 
@@ -312,21 +360,44 @@ def _merge_one(terms: list[Term]) -> list[Term] | None:
 
 _TOKEN = re.compile(r"\s*(?:(&&|\|\||!=|[()!/\[\]])|([<>=&|+\-*%^]+)|([\w.:\\-]+)|(\S))")
 _AND, _OR, _NOT = {"and", "&&"}, {"or", "||"}, {"not", "!"}
-_PROTO_NAMES = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51,
-                "icmp6": 58, "ospf": 89, "pim": 103, "vrrp": 112, "sctp": 132}  # fmt: skip
+_PROTO_NAMES = {
+    "icmp": 1,
+    "igmp": 2,
+    "tcp": 6,
+    "udp": 17,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "icmp6": 58,
+    "ospf": 89,
+    "pim": 103,
+    "vrrp": 112,
+    "sctp": 132,
+}
 # protocol abbreviations: name -> (L3 or None for both, IP protocol or None for any)
-_ABBREV = {"ip": (4, None), "ip6": (6, None), "tcp": (None, 6), "udp": (None, 17),
-           "sctp": (None, 132), "icmp": (4, 1), "icmp6": (6, 58), "igmp": (4, 2),
-           "pim": (None, 103), "vrrp": (4, 112), "ah": (None, 51), "esp": (None, 50)}  # fmt: skip
+_ABBREV = {
+    "ip": (4, None),
+    "ip6": (6, None),
+    "tcp": (None, 6),
+    "udp": (None, 17),
+    "sctp": (None, 132),
+    "icmp": (4, 1),
+    "icmp6": (6, 58),
+    "igmp": (4, 2),
+    "pim": (None, 103),
+    "vrrp": (4, 112),
+    "ah": (None, 51),
+    "esp": (None, 50),
+}
 _QUALS = {"src", "dst", "host", "net", "port", "portrange", "proto", "mask"}
-_UNSUPPORTED = {
-    "ether", "arp", "rarp", "vlan", "mpls", "greater", "less", "len", "gateway", "broadcast",
-    "multicast", "inbound", "outbound", "ifname", "on", "protochain", "pppoed", "pppoes",
-    "geneve", "llc", "link", "fddi", "tr", "wlan", "type", "subtype", "dir", "decnet", "atalk",
-    "iso", "stp", "ipx", "netbeui", "carp", "igrp", "ppp", "slip", "radio", "rnr", "reason",
-    "action", "rset", "ruleset", "srnr", "subrulenum", "aarp", "lat", "sca", "moprc", "mopdl",
-    "ra", "ta", "addr1", "addr2", "addr3", "addr4", "bpf", "atm", "lane",
-}  # fmt: skip
+_UNSUPPORTED = set(
+    """
+    ether arp rarp vlan mpls greater less len gateway broadcast multicast inbound outbound
+    ifname on protochain pppoed pppoes geneve llc link fddi tr wlan type subtype dir decnet
+    atalk iso stp ipx netbeui carp igrp ppp slip radio rnr reason action rset ruleset srnr
+    subrulenum aarp lat sca moprc mopdl ra ta addr1 addr2 addr3 addr4 bpf atm lane
+    """.split()
+)
 _KEYWORDS = _AND | _OR | _NOT | _QUALS | set(_ABBREV) | _UNSUPPORTED
 _NOPE = "not supported by hoptrace's kernel filter"
 
@@ -467,8 +538,11 @@ class _Parser:
         """A value after and/or that repeats the last qualifier: ``port 80 or 443``."""
         if self.qual is None:
             word = next(t for t in self.toks[self.i :] if t.kind == "word")
-            raise self.error(f"'{word.text}' needs a qualifier such as 'host', 'net' or 'port'"
-                             " (there is none to repeat)", word)  # fmt: skip
+            raise self.error(
+                f"'{word.text}' needs a qualifier such as 'host', 'net' or 'port'"
+                " (there is none to repeat)",
+                word,
+            )
         qual = self.qual
         if self.tok.text in _NOT:
             self.next()
@@ -502,14 +576,19 @@ class _Parser:
 
     def ports(self, q: _Qual, text: str, tok: _Tok) -> _Node:
         parts = text.split("-") if q.kind == "portrange" else [text]
-        nums = sorted(n for n in (_port(p, q.proto) for p in parts) if n is not None)
-        if len(parts) > 2 or len(nums) != len(parts):
+        found = [n for n in (_port(p) for p in parts) if n is not None]
+        if len(parts) > 2 or len(found) != len(parts):
             what = "a port range A-B" if q.kind == "portrange" else "a port number"
             raise self.error(f"expected {what} after '{q.word}'", tok)
-        lo, hi = nums[0], nums[-1]
+        numbers = sorted(n for n, _ in found)
+        lo, hi = numbers[0], numbers[-1]
+        # like libpcap, a name known only as tcp (http) or only as udp restricts the protocol
+        protos = {p for _, p in found if p} | ({q.proto} if q.proto else set())
+        if len(protos) > 1:
+            raise self.error(f"'{text}' is not a {q.proto or 'tcp and udp'} service", tok)
         preds = [_leaf("HT_F_PORTS", 1)]
-        if q.proto:
-            preds.append(_leaf("HT_F_PROTO", _PROTO_NAMES[q.proto]))
+        if protos:
+            preds.append(_leaf("HT_F_PROTO", _PROTO_NAMES[protos.pop()]))
         src, dst = _leaf("HT_F_SPORT", lo, hi), _leaf("HT_F_DPORT", lo, hi)
         return _and(*preds, _direction(q.dir, src, dst))
 
@@ -527,8 +606,9 @@ class _Parser:
             addr = ipaddress.ip_address(text)
         except ValueError:
             if re.fullmatch(r"[A-Za-z][\w.-]*", text) and _int(text) is None:
-                raise self.error(f"host names are not resolved: give an IP address, not '{text}'",
-                                 tok) from None  # fmt: skip
+                raise self.error(
+                    f"host names are not resolved: give an IP address, not '{text}'", tok
+                ) from None
             raise self.error(f"expected an IPv4 or IPv6 address{after}", tok) from None
         bits = addr.max_prefixlen
         mask = (1 << bits) - 1
@@ -564,15 +644,20 @@ def _int(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _port(text: str, proto: str | None) -> int | None:
+def _port(text: str) -> tuple[int, str | None] | None:
+    """A port number, or a service name with the one protocol it is known for (None: both)."""
     if text.isdigit():
-        return int(text) if int(text) <= 0xFFFF else None
-    for p in [proto] if proto in ("tcp", "udp", "sctp") else ["tcp", "udp"]:
+        return (int(text), None) if int(text) <= 0xFFFF else None
+    found = {}
+    for proto in ("tcp", "udp"):
         try:
-            return socket.getservbyname(text, p)
+            found[proto] = socket.getservbyname(text, proto)
         except OSError:
             continue
-    return None
+    if len(set(found.values())) != 1:
+        return None  # unknown, or a different number for tcp and udp
+    ((proto, number),) = list(found.items())[:1]
+    return number, (proto if len(found) == 1 else None)
 
 
 def _proto_node(l3: int | None, proto: int | None) -> _Node:
@@ -587,8 +672,10 @@ def _direction(d: str, src: _Node, dst: _Node) -> _Node:
 def _address(d: str, version: int, value: int, mask: int) -> _Node:
     """Per-word predicates for one address/mask; words with a zero mask are left out."""
     n = 1 if version == 4 else 4
-    words = [((value >> (32 * (n - 1 - i))) & FULL, (mask >> (32 * (n - 1 - i))) & FULL)
-             for i in range(n)]  # fmt: skip
+    words = [
+        ((value >> (32 * (n - 1 - i))) & FULL, (mask >> (32 * (n - 1 - i))) & FULL)
+        for i in range(n)
+    ]
     sides = []
     for names in (_SADDR, _DADDR):
         preds = [_leaf(names[i], v, mask=m) for i, (v, m) in enumerate(words) if m]
@@ -601,10 +688,12 @@ def compile_filter(expr: str) -> CompiledFilter:
     if not expr.strip():
         return CompiledFilter(expr, True, ())
     try:
-        dnf = _dnf(_Parser(expr).parse())
+        dnf = _cases_dnf(_Parser(expr).parse())
     except _TooComplex as exc:
-        raise FilterError(f"filter: too complex: more than {exc.terms} terms before "
-                          f"simplification, at most {MAX_TERMS}: {expr!r}") from None  # fmt: skip
+        raise FilterError(
+            f"filter: too complex: more than {exc.terms} terms before "
+            f"simplification, at most {MAX_TERMS}: {expr!r}"
+        ) from None
     order = {name: i for i, name in enumerate(FIELDS)}
     terms = tuple(
         tuple(p for key in sorted(t, key=lambda k: (order[k[0]], k[1])) for p in _emit(key, t[key]))
@@ -613,7 +702,7 @@ def compile_filter(expr: str) -> CompiledFilter:
     if len(terms) > MAX_TERMS:
         raise FilterError(f"filter: too complex: {len(terms)} terms, at most {MAX_TERMS}: {expr!r}")
     if (widest := max((len(t) for t in terms), default=0)) > MAX_PREDS:
-        raise FilterError(f"filter: too complex: a term needs {widest} conditions, at most "
-                          f"{MAX_PREDS}: {expr!r}")  # fmt: skip
+        raise FilterError(
+            f"filter: too complex: a term needs {widest} conditions, at most {MAX_PREDS}: {expr!r}"
+        )
     return CompiledFilter(expr, False, terms)
-
