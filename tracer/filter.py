@@ -4,7 +4,8 @@ The kernel (probes/hoptrace.h) evaluates an OR of at most ``HT_FILTER_MAX_TERMS`
 AND of at most ``HT_FILTER_MAX_PREDS`` predicates ``((f[field] & mask) in [lo, hi]) != negate``
 over a flow key taken from the innermost headers. This module parses the tcpdump/libpcap syntax
 (``pcap-filter(7)``) by recursive descent, pushes negation down to the predicates (De Morgan),
-distributes to a disjunctive normal form, simplifies it, and checks it against those limits.
+distributes to a disjunctive normal form (one case of L3 and PORTS at a time), simplifies it, and
+checks it against those limits.
 
 Precedence is libpcap's, not C's: ``not`` binds tightest, ``and`` and ``or`` have *equal*
 precedence and associate left to right (``a or b and c`` is ``(a or b) and c``).
@@ -225,7 +226,8 @@ def _cases_dnf(node: _Node) -> list[Term]:
     for l3, ports in _CASES:
         fixed = {_L3: ((l3, l3),), _PORTS: ((ports, ports),)}
         for t in _dnf(node, False, {_L3: l3, _PORTS: ports}):
-            terms.append(_ports_imply_ip(t | fixed) or {})
+            if (checked := _ports_imply_ip(t | fixed)) is not None:
+                terms.append(checked)
     return _simplify(terms)
 
 
@@ -278,6 +280,7 @@ def _merge(a: Term, b: Term) -> Term | None:
 
 def _ports_imply_ip(t: Term) -> Term | None:
     """Ports are only valid for TCP/UDP/SCTP over IPv4/IPv6: PORTS == 1 implies L3 is 4 or 6."""
+    t = dict(t)
     if t.get(_L3) == ((0, 0),) and _PORTS in t:
         return t if _contains(t.pop(_PORTS), 0) else None
     if t.get(_PORTS) == ((1, 1),) and _L3 in t:
@@ -351,7 +354,8 @@ def _merge_one(terms: list[Term]) -> list[Term] | None:
             new = {k: v for k, v in a.items() if k != key}
             if u != _full(key):
                 new[key] = u
-            new = _ports_imply_ip(new) or new
+            checked = _ports_imply_ip(new)  # never None: a union of satisfiable terms
+            new = new if checked is None else checked
             return terms[:i] + [new] + terms[i + 1 : j] + terms[j + 1 :]
     return None
 
