@@ -13,10 +13,18 @@ from __future__ import annotations
 
 from struct import error as StructError
 
-from ._common import Stop
-from .ethernet import ETH_P_IP, ETH_P_IPV6, ETH_P_TEB, ETHERTYPE_NAMES, parse_ethernet
+from ._common import Stop, u16, v4_get, v4_text
+from .ethernet import (
+    ETH_P_IP,
+    ETH_P_IPV6,
+    ETH_P_TEB,
+    ETHERTYPE_NAMES,
+    VLAN_TPIDS,
+    parse_vlan_tags,
+)
 from .geneve import parse_geneve
 from .gre import parse_gre
+from .ip import IPV4_FIELDS as ipv4_fields
 from .ip import parse_ipv4, parse_ipv6
 from .model import START_ETH, START_IP, Decoded, Flow, Tunnel, new_flow, new_tunnel
 from .ports import DEFAULT_PORTS, PortMap
@@ -57,7 +65,7 @@ def decode(buf: bytes | bytearray | memoryview, start: int = START_ETH,
     quoted: Flow | None = None
     first: tuple | None = None  # field tuple of the outermost IP layer
     last: tuple | None = None  # field tuple of the innermost IP layer decoded so far
-    ip_fields: tuple | None = None  # an IP layer whose L4 part is not decoded yet
+    ip_pending = False  # an IP header decoded, its L4 part not yet (its fields are locals)
     error: str | None = None
     error_offset = -1
     off = 0
@@ -66,8 +74,11 @@ def decode(buf: bytes | bytearray | memoryview, start: int = START_ETH,
         while kind:
             if kind == _ETH:
                 cur = "eth"
-                etype, off, tags = parse_ethernet(buf, off, layers)
-                if tags:
+                (etype,) = u16(buf, off + 12)  # parse_ethernet, inlined: it runs per packet
+                layers.append("eth")
+                off += 14
+                if etype in VLAN_TPIDS:
+                    etype, off, tags = parse_vlan_tags(buf, off, etype, layers)
                     vlans += tags
                 kind = _BY_ETHERTYPE.get(etype, _END)
                 if kind == _ETH:  # 0x6558 straight in Ethernet is not a thing
@@ -85,14 +96,26 @@ def decode(buf: bytes | bytearray | memoryview, start: int = START_ETH,
                 else:
                     raise Stop(f"bad ip version {version}", off)
             if kind == _IPV4:
+                # parse_ipv4 inlined (the hottest header); the checks stay in parse_ipv4,
+                # which this falls back to for anything unusual (options, odd lengths)
                 cur = "ipv4"
                 l3 = 4
-                proto, src, dst, ip_id, frag, more, off, plen = parse_ipv4(buf, off, layers)
+                vihl, tot, ip_id, ff, proto, s, d = ipv4_fields(buf, off)
+                if vihl == 0x45 and tot >= 20:
+                    layers.append("ipv4")
+                    src = v4_get(s) or v4_text(s)
+                    dst = v4_get(d) or v4_text(d)
+                    frag = (ff & 0x1FFF) << 3
+                    more = ff & 0x2000 != 0
+                    off += 20
+                    plen = tot - 20
+                else:
+                    proto, src, dst, ip_id, frag, more, off, plen = parse_ipv4(buf, off, layers)
             else:
                 cur = "ipv6"
                 l3 = 6
                 proto, src, dst, ip_id, frag, more, off, plen = parse_ipv6(buf, off, layers)
-            ip_fields = (l3, src, dst, proto, ip_id, frag, more, plen)
+            ip_pending = True
             kind = _END
             sport = dport = seq = ack = flags = typ = code = ident = iseq = 0
             tun = None
@@ -126,7 +149,7 @@ def decode(buf: bytes | bytearray | memoryview, start: int = START_ETH,
                 tun = _IP_IN_IP[l3, proto]
             last = (l3, src, dst, proto, sport, dport, ip_id, frag, more, seq, ack, flags,
                     typ, code, ident, iseq, plen)
-            ip_fields = None
+            ip_pending = False
             if first is None:
                 first = last
                 outer = new_flow(*last)
@@ -166,8 +189,7 @@ def decode(buf: bytes | bytearray | memoryview, start: int = START_ETH,
         error_offset = off
     except Stop as stop:
         error, error_offset = stop.args
-    if ip_fields is not None:  # the IP header decoded but its L4 header did not
-        l3, src, dst, proto, ip_id, frag, more, plen = ip_fields
+    if ip_pending:  # the IP header decoded but its L4 header did not (locals still intact)
         last = (l3, src, dst, proto, 0, 0, ip_id, frag, more, 0, 0, 0, 0, 0, 0, 0, plen)
         if first is None:
             first = last

@@ -25,12 +25,19 @@ def parse_ethernet(buf: bytes, off: int, layers: list[str]) -> tuple[int, int, t
     """Decode the MAC header at ``off``: ``(ethertype, payload offset, vlan ids)``.
 
     Raises ``struct.error`` when the 14-byte header is cut, :class:`Stop` for a cut tag.
+    (The decoder's loop inlines the untagged case and calls :func:`parse_vlan_tags`.)
     """
     (etype,) = u16(buf, off + 12)
     layers.append("eth")
     off += 14
     if etype not in VLAN_TPIDS:
         return etype, off, ()
+    return parse_vlan_tags(buf, off, etype, layers)
+
+
+def parse_vlan_tags(buf: bytes, off: int, etype: int, layers: list[str]
+                    ) -> tuple[int, int, tuple[int, ...]]:
+    """Walk the VLAN tags at ``off`` (``etype`` is the first TPID): like parse_ethernet."""
     vids: list[int] = []
     while etype in VLAN_TPIDS:
         if len(buf) < off + 4:

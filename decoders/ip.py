@@ -13,7 +13,8 @@ from struct import Struct
 
 from ._common import Stop, u16, u32, v4_get, v4_text, v6_get, v6_text
 
-_V4 = Struct("!BxHHHxBxx4s4s").unpack_from
+#: ``(version/IHL, total length, id, flags/fragment, proto, src, dst)`` of an IPv4 header.
+IPV4_FIELDS = _V4 = Struct("!BxHHHxBxx4s4s").unpack_from
 _V6 = Struct("!IHBx16s16s").unpack_from
 
 #: IPv6 extension headers we walk (RFC 8200 section 4, AH per RFC 4302).

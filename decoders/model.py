@@ -66,11 +66,10 @@ class Flow:
         The lower ``(addr, port)`` pair comes first, so both directions of a connection (and
         an ICMP echo with its reply) share one key.
         """
-        a = (self.src, self.sport)
-        b = (self.dst, self.dport)
-        if b < a:
-            a, b = b, a
-        return (self.proto, a[0], a[1], b[0], b[1])
+        src, dst = self.src, self.dst
+        if dst < src or (dst == src and self.dport < self.sport):
+            return (self.proto, dst, self.dport, src, self.sport)
+        return (self.proto, src, self.sport, dst, self.dport)
 
     def identity(self) -> tuple[int, int, int, int, int, int, int, int]:
         """Fields that tell one packet from another inside a flow.

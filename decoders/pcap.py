@@ -49,6 +49,19 @@ class PcapFile:
             off += caplen
 
 
+    def frames(self) -> Iterator[bytes]:
+        """The frames alone (a little faster than iterating ``(timestamp, frame)``)."""
+        data = self.data
+        rec = struct.Struct(self._endian + "8xI4x").unpack_from
+        off = 24
+        end = len(data) - 16
+        while off <= end:
+            (caplen,) = rec(data, off)
+            off += 16
+            yield data[off:off + caplen]
+            off += caplen
+
+
 def start_for(linktype: int) -> int:
     """The ``decode(start=...)`` value for a pcap link type."""
     try:
