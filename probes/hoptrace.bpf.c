@@ -321,6 +321,8 @@ __noinline int ht_parse(struct scratch *s)
 	if (!s)
 		return 0;
 	s->ident = 0;
+	/* a packet that does not parse must not keep the previous packet's flow key */
+	__builtin_memset(s->f, 0, sizeof(s->f));
 	if (s->ev.hdr_len > HT_HDR_LEN)
 		return 0;
 	if (s->ev.hdr_kind == HT_HDR_ETH)
@@ -451,8 +453,6 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi)
 
 	/* parse to the flow key and the packet identity */
 	__u32 ident = ht_parse(s);
-	if (!(e->flags & HT_EF_PARSED))
-		s->f[HT_F_L3] = 0;
 
 	if (tr && ident && tr->identity && ident != tr->identity) {
 		/* the skb address was freed without our seeing it and now holds another packet */
