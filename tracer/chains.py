@@ -113,8 +113,11 @@ class ChainBuilder:
         if chain is None:
             chain = self._open[key] = Chain(ev.node, ev.track)
         prev = chain.steps[-1] if chain.steps else None
-        dec = decode_event(ev, self.ports)
         pdec = prev.decoded if prev else None
+        if prev is not None and ev.hdr == prev.event.hdr and ev.hdr_kind == prev.event.hdr_kind:
+            dec = pdec  # same bytes at the next hook: most steps; decoding is the costly part
+        else:
+            dec = decode_event(ev, self.ports)
         last_dev = next(
             (s.event for s in reversed(chain.steps) if s.event.probe in DEVICE_POINTS), None
         )
@@ -127,7 +130,9 @@ class ChainBuilder:
                 change += f" inside nf:{hook}"
         t0 = chain.steps[0].event.ts_ns if chain.steps else ev.ts_ns
         dt = ev.ts_ns - prev.event.ts_ns if prev else 0
-        chain.steps.append(Step(ev, hop, dec if dec is not None else pdec, ev.ts_ns - t0, dt, change))
+        chain.steps.append(
+            Step(ev, hop, dec if dec is not None else pdec, ev.ts_ns - t0, dt, change)
+        )
         if hop.kind in (HopKind.DROP, HopKind.FREED):
             chain.complete = True
             return self._open.pop(key)

@@ -97,7 +97,10 @@ def devices(ns: Netns) -> dict[int, Device]:
                 data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
                 port = 0
                 if kind in ("vxlan", "geneve") and data is not None:
-                    port = data.get_attr("IFLA_VXLAN_PORT" if kind == "vxlan" else "IFLA_GENEVE_PORT") or 0
+                    port = (
+                        data.get_attr("IFLA_VXLAN_PORT" if kind == "vxlan" else "IFLA_GENEVE_PORT")
+                        or 0
+                    )
                 out[link["index"]] = Device(
                     link["index"],
                     link.get_attr("IFLA_IFNAME"),
@@ -120,6 +123,7 @@ class Topology:
     def __init__(self, devs: dict[str, dict[int, Device]] | None = None) -> None:
         self.devs: dict[str, dict[int, Device]] = devs or {}
         self._paths: dict[str, str] = {}
+        self._roles: dict[str, str] = {}
 
     @classmethod
     def read(cls, namespaces: list[Netns]) -> Topology:
@@ -134,19 +138,28 @@ class Topology:
         if found is None and netns in self._paths:
             # a device created after start: read that namespace again, once per miss
             self.devs[netns] = devices(Netns(netns, self._paths[netns], 0))
+            self._roles.pop(netns, None)
             found = self.devs[netns].get(ifindex)
         return found
 
     def tunnel_ports(self, kind: str = "vxlan") -> set[int]:
         """UDP ports of the tunnel devices seen (learned from the node, not assumed)."""
-        return {d.port for devs in self.devs.values() for d in devs.values() if d.kind == kind and d.port}
+        return {
+            d.port
+            for devs in self.devs.values()
+            for d in devs.values()
+            if d.kind == kind and d.port
+        }
 
     def role(self, netns: str) -> str:
         """``node`` for the host and namespaces that bridge or tunnel; ``pod`` for the rest."""
-        if netns == HOST:
-            return "node"
-        kinds = {d.kind for d in self.devs.get(netns, {}).values()}
-        return "node" if kinds & {"bridge", "vxlan", "geneve", "ipip", "gre", "tun"} else "pod"
+        role = self._roles.get(netns)
+        if role is None:
+            kinds = {d.kind for d in self.devs.get(netns, {}).values()}
+            tunnel_or_bridge = kinds & {"bridge", "vxlan", "geneve", "ipip", "gre", "tun"}
+            role = "node" if netns == HOST or tunnel_or_bridge else "pod"
+            self._roles[netns] = role
+        return role
 
     def to_json(self) -> dict[str, list[dict[str, object]]]:
         return {
@@ -163,7 +176,10 @@ class Topology:
             {
                 ns: {
                     int(d["ifindex"]): Device(  # type: ignore[arg-type]
-                        int(d["ifindex"]), str(d["name"]), str(d["kind"]), int(d["master"])  # type: ignore[arg-type]
+                        int(d["ifindex"]),
+                        str(d["name"]),
+                        str(d["kind"]),
+                        int(d["master"]),  # type: ignore[arg-type]
                     )
                     for d in devs
                 }

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tracer.errors import UsageError
-from tracer.event import SCHEMA_VERSION, Event, event_from_json
+from tracer.event import SCHEMA_VERSION, Event, event_from_json, json_lines
 
 
 class TraceWriter:
@@ -32,8 +32,7 @@ class TraceWriter:
         self._write({"type": "header", "schema": SCHEMA_VERSION, **fields})
 
     def events(self, events: list[Event]) -> None:
-        for ev in events:
-            self._write(ev.to_json())
+        self.fp.write(json_lines(events))
 
     def lost(self, probe: str, count: int) -> None:
         self._write({"type": "lost", "probe": probe, "count": count})
