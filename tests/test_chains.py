@@ -21,8 +21,13 @@ def chains() -> list[Chain]:
 
 
 def by_flow(chains: list[Chain], src: str, dst: str) -> list[Chain]:
-    return [c for c in chains if c.first.decoded and c.first.decoded.inner
-            and (c.first.decoded.inner.src, c.first.decoded.inner.dst) == (src, dst)]
+    return [
+        c
+        for c in chains
+        if c.first.decoded
+        and c.first.decoded.inner
+        and (c.first.decoded.inner.src, c.first.decoded.inner.dst) == (src, dst)
+    ]
 
 
 def test_recorded_trace_has_three_packets(chains: list[Chain]) -> None:
@@ -34,11 +39,20 @@ def test_recorded_trace_has_three_packets(chains: list[Chain]) -> None:
 
 def test_request_path_crosses_both_nodes_in_order(chains: list[Chain]) -> None:
     req = by_flow(chains, "10.244.1.2", "10.244.2.2")[0]
-    kinds = [s.hop.kind for s in req.steps if s.event.probe in ("netif_receive_skb", "net_dev_queue")]
+    kinds = [
+        s.hop.kind for s in req.steps if s.event.probe in ("netif_receive_skb", "net_dev_queue")
+    ]
     assert kinds == [
-        HopKind.POD_TX, HopKind.BRIDGE_IN, HopKind.BRIDGE_UP, HopKind.ENCAP,
-        HopKind.UNDERLAY_TX, HopKind.UNDERLAY_RX, HopKind.DECAP, HopKind.BRIDGE_TX,
-        HopKind.VETH_TX, HopKind.POD_RX,
+        HopKind.POD_TX,
+        HopKind.BRIDGE_IN,
+        HopKind.BRIDGE_UP,
+        HopKind.ENCAP,
+        HopKind.UNDERLAY_TX,
+        HopKind.UNDERLAY_RX,
+        HopKind.DECAP,
+        HopKind.BRIDGE_TX,
+        HopKind.VETH_TX,
+        HopKind.POD_RX,
     ]
     nodes = [s.event.netns for s in req.steps]
     assert nodes.index("htlab-n1") < nodes.index("htlab-n2") < nodes.index("htlab-b1")
@@ -64,7 +78,10 @@ def test_dropped_packet_ends_inside_forward_on_n2(chains: list[Chain]) -> None:
     assert (reply.last.event.netns, reply.last.event.drop_reason) == ("htlab-a1", "NO_SOCKET")
     last = dropped[0].last
     assert (last.event.netns, last.event.drop_reason, last.event.drop_reason_code) == (
-        "htlab-n2", "NETFILTER_DROP", 12)
+        "htlab-n2",
+        "NETFILTER_DROP",
+        12,
+    )
     assert last.change == "reason 12 (NETFILTER_DROP) inside nf:FORWARD"
     assert dropped[0].fate() == "dropped: NETFILTER_DROP in htlab-n2"
 
@@ -76,7 +93,9 @@ def test_render_fits_80_columns(chains: list[Chain]) -> None:
     assert "ICMP echo" in lines[0]
     assert all(len(line) <= 80 for line in lines[1:]), [ln for ln in lines if len(ln) > 80]
     assert not any("nf:" in ln and "<" in ln for ln in lines)  # accept events only with -v
-    assert len(render(by_flow(chains, "10.244.1.2", "10.244.2.2")[0], verbose=True).splitlines()) > len(lines)
+    assert len(
+        render(by_flow(chains, "10.244.1.2", "10.244.2.2")[0], verbose=True).splitlines()
+    ) > len(lines)
 
 
 def test_not_a_trace_file_is_a_clear_error(tmp_path: Path) -> None:

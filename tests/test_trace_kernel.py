@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -105,17 +106,34 @@ def test_tcp_connection_across_nodes(vxlan_lab: Lab, tmp_path: Path) -> None:
     lab = vxlan_lab
     a1, b1 = lab.addr("a1"), lab.addr("b1")
     server = subprocess.Popen(
-        ["ip", "netns", "exec", lab.netns("b1"), "timeout", "15", "python3", "-c",
-         "import socket; s=socket.create_server(('0.0.0.0', 8080)); c,_=s.accept(); "
-         "c.sendall(c.recv(100)); c.close()"],
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.netns("b1"),
+            "timeout",
+            "15",
+            "python3",
+            "-c",
+            "import socket; s=socket.create_server(('0.0.0.0', 8080)); c,_=s.accept(); "
+            "c.sendall(c.recv(100)); c.close()",
+        ],
     )
     try:
         time.sleep(0.3)
         with tracing(tmp_path, "tcp port 8080", "--netns", lab_netns(lab)) as run:
-            client = lab.exec("a1", ["timeout", "10", "python3", "-c",
-                                     f"import socket; c=socket.create_connection(('{b1}', 8080), 5);"
-                                     "c.sendall(b'hoptrace'); assert c.recv(100) == b'hoptrace'"],
-                              timeout=15)
+            client = lab.exec(
+                "a1",
+                [
+                    "timeout",
+                    "10",
+                    "python3",
+                    "-c",
+                    f"import socket; c=socket.create_connection(('{b1}', 8080), 5);"
+                    "c.sendall(b'hoptrace'); assert c.recv(100) == b'hoptrace'",
+                ],
+                timeout=15,
+            )
             assert client.returncode == 0, client.stderr
             time.sleep(0.3)
             trace = run.stop()
@@ -123,8 +141,11 @@ def test_tcp_connection_across_nodes(vxlan_lab: Lab, tmp_path: Path) -> None:
         server.kill()
         server.wait()
     chains = [c for c in chains_of(trace) if c.first.decoded and c.first.decoded.inner]
-    syn = next(c for c in chains
-               if c.first.decoded.inner.dst == b1 and c.first.decoded.inner.tcp_flags & 0x02)
+    syn = next(
+        c
+        for c in chains
+        if c.first.decoded.inner.dst == b1 and c.first.decoded.inner.tcp_flags & 0x02
+    )
     assert_in_order(syn, cross_node_path(lab, "a1", "b1"))
     assert_latencies(syn)
     assert chain_from(chains, b1, a1)  # and the server's segments come back
@@ -135,18 +156,22 @@ def test_same_node_traffic_is_bridged(vxlan_lab: Lab, tmp_path: Path) -> None:
     lab = vxlan_lab
     a1, a2 = lab.addr("a1"), lab.addr("a2")
     n1 = lab.netns("n1")
-    with tracing(tmp_path, f"src host {a1} and dst host {a2} and icmp",
-                 "--netns", lab_netns(lab)) as run:
+    with tracing(
+        tmp_path, f"src host {a1} and dst host {a2} and icmp", "--netns", lab_netns(lab)
+    ) as run:
         assert ping(lab, "a1", a2).returncode == 0
         time.sleep(0.3)
         trace = run.stop()
     req = chain_from(chains_of(trace), a1, a2)
-    assert_in_order(req, [
-        (lab.netns("a1"), "eth0", HopKind.POD_TX),
-        (n1, "veth-a1", HopKind.BRIDGE_IN),
-        (n1, "veth-a2", HopKind.BRIDGE_FORWARD),
-        (lab.netns("a2"), "eth0", HopKind.POD_RX),
-    ])
+    assert_in_order(
+        req,
+        [
+            (lab.netns("a1"), "eth0", HopKind.POD_TX),
+            (n1, "veth-a1", HopKind.BRIDGE_IN),
+            (n1, "veth-a2", HopKind.BRIDGE_FORWARD),
+            (lab.netns("a2"), "eth0", HopKind.POD_RX),
+        ],
+    )
     assert not any(s.hop.kind in (HopKind.ENCAP, HopKind.UNDERLAY_TX) for s in req.steps)
     assert_latencies(req)
 
@@ -195,9 +220,24 @@ def test_count_stops_after_n_packets(vxlan_lab: Lab, tmp_path: Path) -> None:
     lab = vxlan_lab
     out = tmp_path / "t.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tracer", "trace", f"icmp and host {lab.addr('b1')}", "--count", "2",
-         "--netns", lab_netns(lab), "-o", str(out), "--ready-file", str(tmp_path / "r")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tracer",
+            "trace",
+            f"icmp and host {lab.addr('b1')}",
+            "--count",
+            "2",
+            "--netns",
+            lab_netns(lab),
+            "-o",
+            str(out),
+            "--ready-file",
+            str(tmp_path / "r"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
     try:
@@ -232,39 +272,53 @@ def test_not_root_is_a_clear_error() -> None:
         "tracer.cli.build_parser(); os.setgroups([]); os.setgid(65534); os.setuid(65534);"
         "sys.exit(tracer.cli.main(['trace', '--count', '1']))"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                       cwd=Path(__file__).resolve().parent.parent)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert r.returncode == 1, r.stderr
     assert "needs root" in r.stderr and "Traceback" not in r.stderr
 
 
+def links_held_by(pid: int) -> set[int]:
+    """BPF link ids a process holds open (the kernel's /proc/PID/fdinfo says 'link_id:')."""
+    out = set()
+    for fdinfo in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            text = fdinfo.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("link_id:"):
+                out.add(int(line.split()[1]))
+    return out
+
+
+def existing_links() -> set[int]:
+    out = subprocess.run(
+        ["bpftool", "-j", "link", "show"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
+    return {link["id"] for link in json.loads(out or "[]")}
+
+
 def test_nothing_stays_attached(vxlan_lab: Lab, tmp_path: Path) -> None:
-    def ours() -> int:
-        """BPF links whose program is one of hoptrace's (bpftool's JSON: links name prog ids)."""
-        def bpftool(*a: str) -> list[dict[str, object]]:
-            out = subprocess.run(["bpftool", "-j", *a], capture_output=True, text=True,
-                                 timeout=10, check=True).stdout
-            return json.loads(out or "[]")
-
-        names = {"tp_netif_receive_skb", "tp_net_dev_queue", "tp_kfree_skb", "tp_consume_skb",
-                 "nf_first", "nf_last"}
-        progs = {p["id"] for p in bpftool("prog", "show") if p.get("name") in names}
-        return sum(1 for link in bpftool("link", "show") if link.get("prog_id") in progs)
-
-    before = ours()
-    with tracing(tmp_path, "icmp", "--netns", lab_netns(lab := vxlan_lab)) as run:
-        assert ours() > before
-        ping(lab, "a1", lab.addr("b1"))
-        run.stop()
-    assert ours() == before
-    # SIGTERM and SIGKILL too (a killed process's links go with its file descriptors)
-    for sig in ("TERM", "KILL"):
+    # Other tracers may run on the machine: follow only the links this test's tracer made.
+    lab = vxlan_lab
+    for how in ("SIGINT", "SIGTERM", "SIGKILL"):
         with tracing(tmp_path, "icmp", "--netns", lab_netns(lab)) as run:
-            assert ours() > before
-            run.proc.send_signal(getattr(__import__("signal"), f"SIG{sig}"))
-            run.proc.wait(timeout=10)
-            if sig == "TERM":
-                assert run.proc.returncode == 0
-            run.trace = object()  # type: ignore[assignment]  # nothing to read
-        assert ours() == before
-
+            mine = links_held_by(run.proc.pid)
+            # 4 tracepoints + 2 programs x 2 families x 5 hooks in each of 5 namespaces
+            assert len(mine) == 4 + 2 * 2 * 5 * len(lab.namespaces()), len(mine)
+            ping(lab, "a1", lab.addr("b1"))
+            if how == "SIGINT":
+                run.stop()
+            else:
+                run.proc.send_signal(getattr(signal, how))
+                run.proc.wait(timeout=10)
+                if how == "SIGTERM":
+                    assert run.proc.returncode == 0
+                run.trace = object()  # type: ignore[assignment]  # nothing to read
+        assert not (mine & existing_links()), f"links left after {how}"

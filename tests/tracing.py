@@ -42,7 +42,11 @@ def require_kernel() -> None:
 def hoptrace(*args: str, timeout: float = 30, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tracer", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw,  # type: ignore[call-overload]
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,  # type: ignore[call-overload]
     )
 
 
@@ -74,8 +78,21 @@ def tracing(tmp_path: Path, *args: str, ready_timeout: float = 15) -> Iterator[R
     ready = tmp_path / "ready"
     ready.unlink(missing_ok=True)  # a second run in the same test must wait for its own
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tracer", "trace", *args, "-o", str(out), "--ready-file", str(ready)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tracer",
+            "trace",
+            *args,
+            "-o",
+            str(out),
+            "--ready-file",
+            str(ready),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     run = Running(proc, out)
     try:

@@ -80,9 +80,7 @@ def _try(kind: Mech, target: str) -> Verdict:
             return Verdict(False, f"load: {libbpf.errmsg(err)}" + (f" ({why})" if why else ""))
         if kind == Mech.NETFILTER:
             try:
-                nf_fd = libbpf.link_create_netfilter(
-                    lib.bpf_program__fd(prog), NFPROTO_IPV4, 0, 0
-                )
+                nf_fd = libbpf.link_create_netfilter(lib.bpf_program__fd(prog), NFPROTO_IPV4, 0, 0)
             except OSError as exc:
                 return Verdict(False, f"BPF_LINK_CREATE: {libbpf.errmsg(exc.errno or 0)}")
             return Verdict(True)

@@ -87,7 +87,9 @@ def classify(ev: Event, topo: Topology, dec: Decoded | None, prev: Event | None)
     kind = dev.kind if dev else ""
     tunnelled = bool(dec and dec.tunnels)
     if kind == "bridge":
-        return Hop(HopKind.BRIDGE_UP, "rx", "br_pass_frame_up") if rx else Hop(HopKind.BRIDGE_TX, "tx")
+        return (
+            Hop(HopKind.BRIDGE_UP, "rx", "br_pass_frame_up") if rx else Hop(HopKind.BRIDGE_TX, "tx")
+        )
     if dev and dev.master and topo_kind(topo, ev.netns, dev.master) == "bridge":
         if rx:
             return Hop(HopKind.BRIDGE_IN, "rx", "br_handle_frame")

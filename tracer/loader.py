@@ -17,7 +17,7 @@ import ctypes
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,7 +55,10 @@ class Timings:
     open_s: float = 0.0
     load_s: float = 0.0
     attach_s: float = 0.0
-    steps: list[str] = field(default_factory=list)
+
+    @property
+    def total_s(self) -> float:
+        return self.choose_s + self.open_s + self.load_s + self.attach_s
 
 
 class Probes:
@@ -200,7 +203,9 @@ class Probes:
         libbpf.take_log()
         err = self._lib.bpf_object__load(self._obj)
         if err:
-            raise LoadError(f"loading BPF programs failed ({libbpf.errmsg(err)})", libbpf.take_log())
+            raise LoadError(
+                f"loading BPF programs failed ({libbpf.errmsg(err)})", libbpf.take_log()
+            )
         if not self.opts.netns_all:
             fd = self._lib.bpf_map__fd(self._map("netns_allow"))
             one = ctypes.c_uint8(1)

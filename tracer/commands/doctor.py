@@ -30,9 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--format", choices=("text", "json"), default="text")
-    p.add_argument("--mechanisms", metavar="LIST",
-                   help="only consider these mechanisms (comma-separated: "
-                   + ",".join(m.value for m in Mech if m != Mech.INFERRED) + ")")
+    p.add_argument(
+        "--mechanisms",
+        metavar="LIST",
+        help="only consider these mechanisms (comma-separated: "
+        + ",".join(m.value for m in Mech if m != Mech.INFERRED)
+        + ")",
+    )
     p.set_defaults(func=run)
 
 
@@ -69,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps({"kernel": platform.release(), "probes": rows}, indent=2))
     else:
-        print(f"kernel {platform.release()}, BTF {Path('/sys/kernel/btf/vmlinux').exists()}, "
-              f"euid {os.geteuid()}")
+        print(
+            f"kernel {platform.release()}, BTF {Path('/sys/kernel/btf/vmlinux').exists()}, "
+            f"euid {os.geteuid()}"
+        )
         print(f"{'probe point':<18} {'mechanism':<10} target / why others were rejected")
         for r in rows:
             mech = r["mechanism"] or "NONE"

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import IO
 
 from tracer import __version__, libbpf
+from tracer.capabilities import require_root
 from tracer.chains import Chain, ChainBuilder, render
 from tracer.errors import UsageError
 from tracer.event import Namer
 from tracer.filter import compile_filter
-from tracer.capabilities import require_root
 from tracer.names import Topology, resolve
 from tracer.tracefile import TraceWriter
 
@@ -44,27 +44,73 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("filter", nargs="*", help="tcpdump filter expression (default: everything)")
-    p.add_argument("--netns", default="all", metavar="all|NAME,...",
-                   help="namespaces to trace: 'all' (default) or names; the machine's own is 'host'")
-    p.add_argument("--node", default=socket.gethostname(),
-                   help="node name written on every event (default: the hostname)")
-    p.add_argument("--count", "-c", type=int, default=0, metavar="N",
-                   help="stop after N packets have completed their path")
-    p.add_argument("--duration", "-d", type=float, default=0, metavar="SECONDS",
-                   help="stop after this many seconds")
-    p.add_argument("--output", "-o", type=Path, metavar="FILE",
-                   help="write every event as JSON lines to FILE (docs/event-schema.md)")
-    p.add_argument("--format", choices=("text", "json"), default="text",
-                   help="stdout format: hop chains as text (default) or the JSON-lines stream")
-    p.add_argument("--outer", action="store_true",
-                   help="match the filter against the outer headers, not the innermost")
-    p.add_argument("--vxlan-port", type=int, action="append", default=[], metavar="PORT",
-                   help="also decapsulate VXLAN on this UDP port (4789, 8472, 6784 and the "
-                   "ports of VXLAN devices found in the traced namespaces are always used)")
-    p.add_argument("--ring-size", type=int, default=16, metavar="MiB",
-                   help="kernel ring buffer size in MiB, a power of two (default 16)")
-    p.add_argument("--verbose", "-v", action="store_true",
-                   help="show netfilter accept (last-priority) events in hop chains")
+    p.add_argument(
+        "--netns",
+        default="all",
+        metavar="all|NAME,...",
+        help="namespaces to trace: 'all' (default) or names; the machine's own is 'host'",
+    )
+    p.add_argument(
+        "--node",
+        default=socket.gethostname(),
+        help="node name written on every event (default: the hostname)",
+    )
+    p.add_argument(
+        "--count",
+        "-c",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after N packets have completed their path",
+    )
+    p.add_argument(
+        "--duration",
+        "-d",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="stop after this many seconds",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="FILE",
+        help="write every event as JSON lines to FILE (docs/event-schema.md)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="stdout format: hop chains as text (default) or the JSON-lines stream",
+    )
+    p.add_argument(
+        "--outer",
+        action="store_true",
+        help="match the filter against the outer headers, not the innermost",
+    )
+    p.add_argument(
+        "--vxlan-port",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="also decapsulate VXLAN on this UDP port (4789, 8472, 6784 and the "
+        "ports of VXLAN devices found in the traced namespaces are always used)",
+    )
+    p.add_argument(
+        "--ring-size",
+        type=int,
+        default=16,
+        metavar="MiB",
+        help="kernel ring buffer size in MiB, a power of two (default 16)",
+    )
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show netfilter accept (last-priority) events in hop chains",
+    )
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
@@ -84,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         libbpf.set_echo(True)
     expr = " ".join(args.filter)
     flt = compile_filter(expr)  # a bad filter fails before anything is attached
+    if args.debug:
+        print(flt.describe(), file=sys.stderr)
     require_root()
     ring = args.ring_size
     if ring <= 0 or ring & (ring - 1):
@@ -102,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
         ring_bytes=ring << 20,
     )
     out_fp: IO[str] | None = args.output.open("w") if args.output else None
-    writers = [TraceWriter(fp) for fp in (out_fp, sys.stdout if args.format == "json" else None) if fp]
+    writers = [
+        TraceWriter(fp) for fp in (out_fp, sys.stdout if args.format == "json" else None) if fp
+    ]
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         with Probes(opts) as probes:
@@ -147,7 +197,7 @@ def _loop(args, probes, topo, writers, expr, ports) -> int:  # type: ignore[no-u
     builder = ChainBuilder(topo, PortMap({p: "vxlan" for p in ports}))
     print(
         f"Tracing {expr or 'all packets'} in {len(probes.opts.netns)} netns "
-        f"(attached in {sum(vars(probes.timings)[k] for k in ('choose_s', 'open_s', 'load_s', 'attach_s')):.2f}s). "
+        f"(attached in {probes.timings.total_s:.2f}s). "
         "Ctrl-C to end.",
         file=sys.stderr,
     )
@@ -171,8 +221,11 @@ def _loop(args, probes, topo, writers, expr, ports) -> int:  # type: ignore[no-u
     def check_lost() -> None:
         for probe, count in probes.lost().items():
             if count > lost_seen.get(probe, 0):
-                print(f"hoptrace: lost {count - lost_seen.get(probe, 0)} events at {probe} "
-                      "(ring buffer full: raise --ring-size or narrow the filter)", file=sys.stderr)
+                print(
+                    f"hoptrace: lost {count - lost_seen.get(probe, 0)} events at {probe} "
+                    "(ring buffer full: raise --ring-size or narrow the filter)",
+                    file=sys.stderr,
+                )
                 lost_seen[probe] = count
                 for w in writers:
                     w.lost(probe, count)
@@ -218,7 +271,9 @@ def _loop(args, probes, topo, writers, expr, ports) -> int:  # type: ignore[no-u
     for w in writers:
         w.summary(events=n_events, packets=n_packets, lost=lost_seen, duration_s=round(elapsed, 3))
     lost_txt = ", ".join(f"{n} at {p}" for p, n in lost_seen.items()) or "none"
-    print(f"{n_events} events, {n_packets} packets in {elapsed:.1f}s; lost events: {lost_txt}",
-          file=sys.stderr)
+    print(
+        f"{n_events} events, {n_packets} packets in {elapsed:.1f}s; lost events: {lost_txt}",
+        file=sys.stderr,
+    )
     os.sys.stdout.flush()
     return 0
