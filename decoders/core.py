@@ -178,8 +178,8 @@ def decode(buf: bytes | bytearray | memoryview, start: int = START_ETH,
                     kind = _IP
                 elif tun == "gre":
                     gkind, ptype, key, gseq, off = parse_gre(buf, off, layers)
-                    vni = key >> 8 if gkind == "nvgre" and key is not None else None
-                    tunnels.append(new_tunnel(gkind, vni, src, dst, 0, 0, key, seq=gseq))
+                    vsid = key >> 8 if gkind == "nvgre" and key is not None else None
+                    tunnels.append(new_tunnel(gkind, vsid, src, dst, 0, 0, key, seq=gseq))
                     kind = _BY_ETHERTYPE.get(ptype, _END)
                 else:
                     tunnels.append(new_tunnel(tun, None, src, dst, 0, 0))
