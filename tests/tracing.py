@@ -3,7 +3,6 @@ with a ready file, wait until every probe is attached, make traffic, stop it, re
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tracer.capabilities import tracing_missing
 from tracer.chains import Chain, ChainBuilder
 from tracer.names import Topology
 from tracer.tracefile import Trace, read_trace
@@ -22,19 +22,8 @@ from tracer.tracefile import Trace, read_trace
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def kernel_missing() -> str | None:
-    """Why probes cannot be loaded here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)"
-    if not Path("/sys/kernel/btf/vmlinux").exists():
-        return "needs kernel BTF (/sys/kernel/btf/vmlinux)"
-    if not (ROOT / "probes" / "hoptrace.bpf.o").exists():
-        return "needs the built BPF object (make build)"
-    return None
-
-
 def require_kernel() -> None:
-    reason = kernel_missing()
+    reason = tracing_missing()
     if reason:
         pytest.skip(reason)
 

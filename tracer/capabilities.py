@@ -26,6 +26,18 @@ class Verdict:
     error: str = ""
 
 
+def tracing_missing() -> str | None:
+    """Why hoptrace cannot load probes here (root, BTF, the built object), or None.
+    Used by the CLI's checks and by test skips, so both say the same thing."""
+    if os.geteuid() != 0:
+        return "needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "needs kernel BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF=y)"
+    if not (probes.HERE / "hoptrace.bpf.o").exists():
+        return "needs the built BPF object (make build)"
+    return None
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         raise PermissionError_(
