@@ -416,8 +416,10 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi)
 	netns = net ? BPF_CORE_READ(net, ns.inum) : netns_of(dev, skb);
 
 	tr = bpf_map_lookup_elem(&tracks, &key);
-	if (!tr && hi->probe == HT_PROBE_CONSUME_SKB)
-		return 0; /* a consumed packet that never matched: the common case, keep it cheap */
+	/* Points that only follow packets already matched elsewhere: return before any copy or
+	 * parse, the common case (consumed packets; leaving a netfilter hook). */
+	if (!tr && (hi->probe == HT_PROBE_CONSUME_SKB || hi->probe == HT_PROBE_NF_LAST))
+		return 0;
 	if (ht_cfg.filter_netns && !(tr && netns == 0) && !bpf_map_lookup_elem(&netns_allow, &netns))
 		return 0;
 

@@ -14,6 +14,7 @@ thread that creates it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import time
 from collections.abc import Iterable
@@ -258,20 +259,30 @@ class Probes:
                     for name, fd in fds.items():
                         for pf in NFPROTO.values():
                             for hook in NF_HOOKS:
-                                try:
-                                    link = libbpf.link_create_netfilter(fd, pf, hook, NF_PRIO[name])
-                                except OSError as exc:
-                                    raise AttachError(
-                                        f"netfilter link pf={pf} hook={hook} in netns {ns.name}: "
-                                        f"{libbpf.errmsg(exc.errno or 0)}"
-                                    ) from exc
-                                self._nf_fds.append(link)
+                                self._nf_fds.append(self._nf_link(fd, name, pf, hook, ns))
                     self.nf_netns.append(ns.name)
                 finally:
                     os.close(target)
                     libbpf.setns(own)
         finally:
             os.close(own)
+
+    @staticmethod
+    def _nf_link(fd: int, name: str, pf: int, hook: int, ns: Netns) -> int:
+        """A netfilter link at the first free priority next to the wanted one: another tracer
+        (another hoptrace, say) may hold that exact priority already (EBUSY)."""
+        step = 1 if NF_PRIO[name] < 0 else -1
+        for i in range(64):
+            try:
+                return libbpf.link_create_netfilter(fd, pf, hook, NF_PRIO[name] + i * step)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    continue
+                raise AttachError(
+                    f"netfilter link pf={pf} hook={hook} in netns {ns.name}: "
+                    f"{libbpf.errmsg(exc.errno or 0)}"
+                ) from exc
+        raise AttachError(f"netfilter hook {hook} in netns {ns.name}: 64 priorities in use")
 
     def _map(self, name: str) -> int:
         m = self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
