@@ -33,6 +33,7 @@ class Chain:
     track: int
     steps: list[Step] = field(default_factory=list)
     complete: bool = False
+    last_dev: Event | None = None  # the latest rx/tx event: hop inference looks back to it
 
     @property
     def first(self) -> Step:
@@ -118,10 +119,9 @@ class ChainBuilder:
             dec = pdec  # same bytes at the next hook: most steps; decoding is the costly part
         else:
             dec = decode_event(ev, self.ports)
-        last_dev = next(
-            (s.event for s in reversed(chain.steps) if s.event.probe in DEVICE_POINTS), None
-        )
-        hop = classify(ev, self.topo, dec, last_dev)
+        hop = classify(ev, self.topo, dec, chain.last_dev)
+        if ev.probe in DEVICE_POINTS:
+            chain.last_dev = ev
         change = change_between(pdec, dec) if dec is not None else ""
         if hop.kind == HopKind.DROP:
             change = f"reason {ev.drop_reason_code} ({ev.drop_reason})"

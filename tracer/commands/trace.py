@@ -115,12 +115,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run)
 
 
-class _Stop(Exception):
-    pass
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag the loop checks. An exception raised from a signal handler
+    would be swallowed when it lands inside the ring buffer's ctypes callback (it did, under
+    load); and installing our own handler also undoes an inherited 'ignore SIGINT'."""
 
+    def __init__(self) -> None:
+        self.set = False
 
-def _on_sigterm(_sig: int, _frame: object) -> None:
-    raise _Stop()
+    def __call__(self, _sig: int, _frame: object) -> None:
+        self.set = True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,17 +157,19 @@ def run(args: argparse.Namespace) -> int:
     writers = [
         TraceWriter(fp) for fp in (out_fp, sys.stdout if args.format == "json" else None) if fp
     ]
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    stop = _StopFlag()
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Probes(opts) as probes:
-            return _loop(args, probes, topo, writers, expr, ports)
+            return _loop(args, probes, topo, writers, expr, ports, stop)
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         if out_fp:
             out_fp.close()
 
 
-def _loop(args, probes, topo, writers, expr, ports) -> int:  # type: ignore[no-untyped-def]
+def _loop(args, probes, topo, writers, expr, ports, stop) -> int:  # type: ignore[no-untyped-def]
     from decoders import PortMap
     from tracer.catalogue import CATALOGUE
 
@@ -233,7 +239,7 @@ def _loop(args, probes, topo, writers, expr, ports) -> int:  # type: ignore[no-u
     done = False
     t_start = time.monotonic()
     try:
-        while not done:
+        while not done and not stop.set:
             timeout = 50
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -254,7 +260,7 @@ def _loop(args, probes, topo, writers, expr, ports) -> int:  # type: ignore[no-u
             if time.monotonic() - last_lost_check > 1.0:
                 check_lost()
                 last_lost_check = time.monotonic()
-    except (KeyboardInterrupt, _Stop):
+    except KeyboardInterrupt:
         pass
     events = namer.events(probes.drain())
     n_events += len(events)
