@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import signal
 import socket
@@ -281,5 +280,5 @@ def _loop(args, probes, topo, writers, expr, ports, stop) -> int:  # type: ignor
         f"{n_events} events, {n_packets} packets in {elapsed:.1f}s; lost events: {lost_txt}",
         file=sys.stderr,
     )
-    os.sys.stdout.flush()
+    sys.stdout.flush()
     return 0
