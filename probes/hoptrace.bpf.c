@@ -385,23 +385,63 @@ struct hook_info {
 	struct net *net;        /* netns when known from the hook state */
 };
 
-static __always_inline __u32 netns_of(struct net_device *dev, struct sk_buff *skb)
+/*
+ * Field reads. Programs whose skb is a typed kernel pointer (tp_btf, fentry, netfilter) read
+ * it with plain loads, which the verifier checks against BTF and clang relocates (CO-RE);
+ * kprobes get an untyped register and must go through bpf_probe_read_kernel. `direct` is a
+ * compile-time constant in every caller, so each program keeps only one of the two forms.
+ * A helper call costs 10-20 ns; a load, about one.
+ */
+#define RD(direct, plain, ...) ((direct) ? (plain) : BPF_CORE_READ(__VA_ARGS__))
+
+/*
+ * The no-match cache: per CPU, direct-mapped by skb address, the (skb, skb->head) pairs whose
+ * filter decision was "no". The decision is made once, at the first probe point a packet
+ * reaches; every later point on the same CPU (a packet's whole path through veth, bridge and
+ * VXLAN stays on one CPU unless RPS moves it) answers from here with one array load instead of
+ * copying and parsing headers again. skb->head joins the key because skb addresses are reused:
+ * a reused sk_buff gets a new data buffer. kfree_skb/consume_skb clear the slot.
+ */
+#define HT_NOMATCH_SLOTS 1024
+
+struct nomatch_slot {
+	__u64 skb;
+	__u64 head;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HT_NOMATCH_SLOTS);
+	__type(key, __u32);
+	__type(value, struct nomatch_slot);
+} nomatch SEC(".maps");
+
+static __always_inline struct nomatch_slot *nomatch_slot(__u64 skb)
+{
+	/* sk_buffs come from a slab of 256-byte objects: the low 8 bits carry nothing */
+	__u32 i = (__u32)((skb >> 8) ^ (skb >> 18)) & (HT_NOMATCH_SLOTS - 1);
+	return bpf_map_lookup_elem(&nomatch, &i);
+}
+
+static __always_inline __u32 netns_of(struct net_device *dev, struct sk_buff *skb, bool direct)
 {
 	if (dev)
-		return BPF_CORE_READ(dev, nd_net.net, ns.inum);
-	struct sock *sk = BPF_CORE_READ(skb, sk);
+		return RD(direct, dev->nd_net.net->ns.inum, dev, nd_net.net, ns.inum);
+	struct sock *sk = RD(direct, skb->sk, skb, sk);
 	if (sk)
-		return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		return RD(direct, sk->__sk_common.skc_net.net->ns.inum, sk,
+			  __sk_common.skc_net.net, ns.inum);
 	return 0;
 }
 
-static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi)
+static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi, const bool direct)
 {
 	__u32 zero = 0, netns, hlen = 0;
 	__u64 key = (__u64)skb;
 	struct scratch *s;
 	struct ht_event *e;
 	struct ht_track *tr, ntr = {};
+	struct nomatch_slot *nm;
 	struct net_device *dev;
 	unsigned char *head;
 	__u16 mh, nh;
@@ -411,15 +451,25 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi)
 
 	if (!skb)
 		return 0;
-	dev = hi->dev ? hi->dev : BPF_CORE_READ(skb, dev);
-	struct net *net = hi->net; /* a local: CO-RE must not relocate hook_info's fields */
-	netns = net ? BPF_CORE_READ(net, ns.inum) : netns_of(dev, skb);
+	head = RD(direct, skb->head, skb, head);
+
+	/* Decided "no" already: the common case for traffic the user did not ask about. */
+	nm = nomatch_slot(key);
+	if (nm && nm->skb == key && nm->head == (__u64)head) {
+		if (is_free)
+			nm->skb = 0;
+		return 0;
+	}
 
 	tr = bpf_map_lookup_elem(&tracks, &key);
 	/* Points that only follow packets already matched elsewhere: return before any copy or
-	 * parse, the common case (consumed packets; leaving a netfilter hook). */
+	 * parse (consumed packets; leaving a netfilter hook). */
 	if (!tr && (hi->probe == HT_PROBE_CONSUME_SKB || hi->probe == HT_PROBE_NF_LAST))
 		return 0;
+
+	dev = hi->dev ? hi->dev : RD(direct, skb->dev, skb, dev);
+	struct net *net = hi->net; /* a local: CO-RE must not relocate hook_info's fields */
+	netns = net ? RD(direct, net->ns.inum, net, ns.inum) : netns_of(dev, skb, direct);
 	if (ht_cfg.filter_netns && !(tr && netns == 0) && !bpf_map_lookup_elem(&netns_allow, &netns))
 		return 0;
 
@@ -430,10 +480,9 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi)
 	e->flags = 0;
 
 	/* headers: from the MAC header when it is set and Ethernet-sized, else the network header */
-	head = BPF_CORE_READ(skb, head);
-	mh = BPF_CORE_READ(skb, mac_header);
-	nh = BPF_CORE_READ(skb, network_header);
-	tail = BPF_CORE_READ(skb, tail);
+	mh = RD(direct, skb->mac_header, skb, mac_header);
+	nh = RD(direct, skb->network_header, skb, network_header);
+	tail = RD(direct, skb->tail, skb, tail);
 	e->hdr_kind = HT_HDR_NONE;
 	if (mh != (__u16)~0U && nh >= mh && (nh - mh == 14 || nh - mh == 18 || nh - mh == 22)) {
 		start = mh;
@@ -467,8 +516,16 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi)
 		if (!tr->identity && ident)
 			tr->identity = ident;
 	} else {
-		if (hi->probe == HT_PROBE_CONSUME_SKB || !ht_filter(s))
+		if (hi->probe == HT_PROBE_CONSUME_SKB)
 			return 0;
+		if (!ht_filter(s)) {
+			/* remember "no" only for a decision taken on real headers */
+			if (nm && hlen && !is_free) {
+				nm->skb = key;
+				nm->head = (__u64)head;
+			}
+			return 0;
+		}
 		e->track = __sync_fetch_and_add(&ht_next_track, 1) + 1;
 		e->flags |= HT_EF_NEW_TRACK;
 		if (!is_free) {
@@ -481,14 +538,19 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi)
 	e->ts_ns = bpf_ktime_get_ns();
 	e->skb = key;
 	e->netns = netns;
-	e->ifindex = dev ? BPF_CORE_READ(dev, ifindex) : 0;
-	if (dev)
-		BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
-	else
+	if (dev) {
+		e->ifindex = RD(direct, dev->ifindex, dev, ifindex);
+		if (direct)
+			__builtin_memcpy(e->ifname, dev->name, HT_IFNAMSIZ);
+		else
+			BPF_CORE_READ_STR_INTO(&e->ifname, dev, name);
+	} else {
+		e->ifindex = 0;
 		e->ifname[0] = 0;
-	e->len = BPF_CORE_READ(skb, len);
-	e->mark = BPF_CORE_READ(skb, mark);
-	e->protocol = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	}
+	e->len = RD(direct, skb->len, skb, len);
+	e->mark = RD(direct, skb->mark, skb, mark);
+	e->protocol = bpf_ntohs(RD(direct, skb->protocol, skb, protocol));
 	e->cpu = bpf_get_smp_processor_id();
 	e->probe = hi->probe;
 	e->nf_hook = hi->nf_hook;
@@ -520,28 +582,28 @@ SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(tp_netif_receive_skb, struct sk_buff *skb)
 {
 	struct hook_info hi = { .probe = HT_PROBE_NETIF_RECEIVE_SKB };
-	return handle(skb, &hi);
+	return handle(skb, &hi, true);
 }
 
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(tp_net_dev_queue, struct sk_buff *skb)
 {
 	struct hook_info hi = { .probe = HT_PROBE_NET_DEV_QUEUE };
-	return handle(skb, &hi);
+	return handle(skb, &hi, true);
 }
 
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(tp_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
 {
 	struct hook_info hi = { .probe = HT_PROBE_KFREE_SKB, .drop_reason = reason };
-	return handle(skb, &hi);
+	return handle(skb, &hi, true);
 }
 
 SEC("tp_btf/consume_skb")
 int BPF_PROG(tp_consume_skb, struct sk_buff *skb)
 {
 	struct hook_info hi = { .probe = HT_PROBE_CONSUME_SKB };
-	return handle(skb, &hi);
+	return handle(skb, &hi, true);
 }
 
 /* ---- netfilter BPF links (prog type BPF_PROG_TYPE_NETFILTER, set by the loader) ----------- */
@@ -550,15 +612,15 @@ static __always_inline int nf_handle(struct bpf_nf_ctx *ctx, __u16 probe)
 {
 	const struct nf_hook_state *st = ctx->state;
 	struct hook_info hi = { .probe = probe };
-	__u8 hook = BPF_CORE_READ(st, hook);
+	__u8 hook = st->hook;
 
 	hi.nf_hook = hook;
-	hi.nf_pf = BPF_CORE_READ(st, pf);
+	hi.nf_pf = st->pf;
 	hi.nf_prio = probe == HT_PROBE_NF_FIRST ? -0x7fffffff : 0x7ffffffe;
-	hi.net = BPF_CORE_READ(st, net);
+	hi.net = st->net;
 	/* NF_INET_LOCAL_OUT (3) and POST_ROUTING (4) have an output device; the others an input */
-	hi.dev = hook >= 3 ? BPF_CORE_READ(st, out) : BPF_CORE_READ(st, in);
-	handle(ctx->skb, &hi);
+	hi.dev = hook >= 3 ? st->out : st->in;
+	handle((struct sk_buff *)ctx->skb, &hi, true);
 	return NF_ACCEPT;
 }
 
@@ -581,13 +643,13 @@ int nf_last(struct bpf_nf_ctx *ctx)
 	int BPF_PROG(fe_##fn, struct sk_buff *skb)                                 \
 	{                                                                          \
 		struct hook_info hi = { .probe = probe_id };                       \
-		return handle(skb, &hi);                                           \
+		return handle(skb, &hi, true);                                     \
 	}                                                                          \
 	SEC("kprobe/" #fn)                                                         \
 	int BPF_KPROBE(kp_##fn, struct sk_buff *skb)                               \
 	{                                                                          \
 		struct hook_info hi = { .probe = probe_id };                       \
-		return handle(skb, &hi);                                           \
+		return handle(skb, &hi, false);                                    \
 	}
 
 FUNC_PROBES(ip_rcv, HT_PROBE_IP_RCV)
@@ -598,14 +660,14 @@ SEC("fentry/br_forward")
 int BPF_PROG(fe_br_forward, void *to, struct sk_buff *skb)
 {
 	struct hook_info hi = { .probe = HT_PROBE_BR_FORWARD };
-	return handle(skb, &hi);
+	return handle(skb, &hi, true);
 }
 
 SEC("kprobe/br_forward")
 int BPF_KPROBE(kp_br_forward, void *to, struct sk_buff *skb)
 {
 	struct hook_info hi = { .probe = HT_PROBE_BR_FORWARD };
-	return handle(skb, &hi);
+	return handle(skb, &hi, false);
 }
 
 /* br_handle_frame(struct sk_buff **pskb): the bridge's rx_handler */
@@ -615,7 +677,7 @@ int BPF_PROG(fe_br_handle_frame, struct sk_buff **pskb)
 	struct hook_info hi = { .probe = HT_PROBE_BR_HANDLE_FRAME };
 	struct sk_buff *skb = NULL;
 	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
-	return handle(skb, &hi);
+	return handle(skb, &hi, false);
 }
 
 SEC("kprobe/br_handle_frame")
@@ -624,5 +686,5 @@ int BPF_KPROBE(kp_br_handle_frame, struct sk_buff **pskb)
 	struct hook_info hi = { .probe = HT_PROBE_BR_HANDLE_FRAME };
 	struct sk_buff *skb = NULL;
 	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
-	return handle(skb, &hi);
+	return handle(skb, &hi, false);
 }
