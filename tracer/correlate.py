@@ -1,0 +1,812 @@
+"""Correlation: trace files from one or many nodes -> packets, hops and flows (pandas).
+
+::
+
+    from tracer.correlate import load
+    tr = load(["n1.jsonl", "n2.jsonl"])
+    tr.flows                     # one row per flow (innermost 5-tuple, both directions)
+    tr.packets                   # one row per packet journey (across nodes, NAT, tunnels)
+    tr.hops                      # one row per hop of a packet's path, with its latency
+    tr.events                    # every event, decoded, with its packet and hop name
+    tr.clocks                    # node -> ClockOffset (tracer/correlate_clock.py)
+
+How events become packets (docs/report.md has the details and the column lists):
+
+1. Within a node, the kernel gave every journey of an skb a track id: one *segment* is the
+   events of one (file, track), in time order. NAT rewrites happen inside a segment (the skb
+   is the same), so a DNATed packet stays one journey; the tuple before and after is recorded.
+2. Across nodes (and across encapsulation, whose inner headers survive), a segment that
+   leaves a node (its last path event is a transmit, and it was not dropped) is joined to a
+   segment on another node that starts with a receive, when the innermost directional tuple
+   and the packet identity (IP ID, fragment offset, ICMP id/seq, TCP seq/ack, payload length:
+   ``decoders.Flow.identity``) agree. Equal identities (retransmissions, duplicates) are
+   paired in time order, the k-th leaving with the k-th arriving, so they stay separate.
+3. Clocks: the joined pairs give each node's offset (tracer/correlate_clock.py); hop latencies
+   are computed on that one time line, and a hop that crosses nodes is clamped at zero and
+   flagged when the estimate would make it negative.
+4. Flows: packets are grouped by the direction-independent innermost 5-tuple (ICMP echo: the
+   echo id stands for the ports, as conntrack does); tuples joined by NAT form one flow.
+
+Hops are named with the one vocabulary of tracer/hops.py: :func:`tracer.hops.classify` runs
+once per distinct (probe, device, previous device, tunnelled) combination, not per event, and
+encapsulation/NAT changes come from :func:`tracer.chains.change_between`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from decoders import DEFAULT_PORTS, START_ETH, START_IP, Decoded, PortMap, decode
+from tracer.chains import DEVICE_POINTS, change_between
+from tracer.correlate_clock import ClockOffset, estimate
+from tracer.errors import UsageError
+from tracer.event import SCHEMA_VERSION, Event
+from tracer.hops import HopKind, classify
+from tracer.names import Topology
+
+__all__ = ["Traces", "load", "from_frame", "BENIGN_REASONS", "is_benign"]
+
+#: Drop reasons that are normal end-of-life, not failures (docs/report.md).
+BENIGN_REASONS = frozenset({"SKB_CONSUMED", "QUEUE_PURGE", "SOCKET_CLOSE"})
+_ICMP_REQ = {8, 13, 15, 17, 128}
+_ICMP_REPLY = {0, 14, 16, 18, 129}
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
+
+EVENT_SCHEMA = pa.schema(
+    [
+        ("type", pa.string()),
+        ("ts_ns", pa.int64()),
+        ("node", pa.string()),
+        ("netns", pa.string()),
+        ("netns_ino", pa.int64()),
+        ("ifindex", pa.int32()),
+        ("ifname", pa.string()),
+        ("probe", pa.string()),
+        ("track", pa.int64()),
+        ("skb", pa.string()),
+        ("cpu", pa.int32()),
+        ("len", pa.int32()),
+        ("mark", pa.int64()),
+        ("protocol", pa.int32()),
+        ("nf_hook", pa.string()),
+        ("nf_pf", pa.string()),
+        ("nf_prio", pa.int32()),
+        ("drop_reason", pa.string()),
+        ("drop_reason_code", pa.int32()),
+        ("identity", pa.int64()),
+        ("flags", pa.list_(pa.string())),
+        ("hdr_kind", pa.string()),
+        ("hdr", pa.string()),
+        ("count", pa.int64()),  # of "lost" lines
+    ]
+)
+_CATEGORIES = ("node", "netns", "ifname", "probe", "nf_hook", "nf_pf", "drop_reason",
+               "hdr_kind", "flags", "hdr")
+
+
+def is_benign(reason: str, proto: int, icmp_type: int) -> bool:
+    """A kfree_skb that is not a failure: see :data:`BENIGN_REASONS`; and an ICMP echo reply
+    freed with NO_SOCKET after its delivery to the ping socket's clone."""
+    if reason in BENIGN_REASONS:
+        return True
+    return reason == "NO_SOCKET" and proto in (1, 58) and icmp_type in (0, 129)
+
+
+@dataclass
+class NodeTrace:
+    """One trace file: its header, lost-event counts and summary."""
+
+    path: str
+    node: str
+    header: dict[str, Any]
+    lost: dict[str, int] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_file(path: Path, idx: int) -> tuple[NodeTrace, pa.Table]:
+    """Header by json; every other line through pyarrow's streaming JSON reader (C++)."""
+    try:
+        fp = path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read trace file {path}: {exc.strerror}") from exc
+    with fp:
+        first = fp.readline()
+        try:
+            header = json.loads(first) if first.strip() else None
+        except json.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict) or header.get("type") != "header":
+            raise UsageError(f"{path}: not a hoptrace trace file (no header line)")
+        if header.get("schema", 0) > SCHEMA_VERSION:
+            raise UsageError(f"{path}: schema {header['schema']} is newer than this hoptrace reads")
+        body_at = len(first)
+        fp.seek(0, 2)
+        size = fp.tell()
+        fp.seek(max(body_at, size - 65536))
+        tail = fp.read().splitlines()
+    summary: dict[str, Any] = {}
+    for line in reversed(tail):
+        if line.startswith(b'{"type":"summary"') or b'"summary"' in line[:30]:
+            try:
+                summary = json.loads(line)
+            except json.JSONDecodeError:
+                pass
+            break
+    nt = NodeTrace(str(path), str(header.get("node") or path.stem), header,
+                   {k: int(v) for k, v in (summary.get("lost") or {}).items()}, summary)
+    batches = []
+    if size > body_at:
+        src = pa.OSFile(str(path))
+        src.seek(body_at)
+        try:
+            reader = pj.open_json(
+                src,
+                read_options=pj.ReadOptions(block_size=8 << 20),
+                parse_options=pj.ParseOptions(explicit_schema=EVENT_SCHEMA,
+                                              unexpected_field_behavior="ignore"),
+            )
+            for batch in reader:
+                batches.append(batch)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise UsageError(f"{path}: not a hoptrace trace file ({exc})") from exc
+        finally:
+            src.close()
+    table = pa.Table.from_batches(batches, EVENT_SCHEMA)
+    lost_rows = table.filter(pc.equal(table["type"], "lost"))
+    for probe, count in zip(lost_rows["probe"].to_pylist(), lost_rows["count"].to_pylist(),
+                            strict=True):
+        nt.lost[probe] = max(nt.lost.get(probe, 0), int(count or 0))
+    table = table.filter(pc.equal(table["type"], "event")).drop_columns(["type", "count"])
+    table = table.set_column(table.schema.get_field_index("flags"), "flags",
+                             pc.binary_join(table["flags"], ","))
+    if table.num_rows:
+        # events keep the file's node name even if an old writer left it out
+        table = table.set_column(table.schema.get_field_index("node"), "node",
+                                 pc.fill_null(table["node"], nt.node))
+    table = table.append_column("file", pa.array(np.full(table.num_rows, idx, np.int16)))
+    return nt, table
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    df = table.to_pandas(strings_to_categorical=True, split_blocks=True, self_destruct=True)
+    for c in _CATEGORIES:
+        if c in df and not isinstance(df[c].dtype, pd.CategoricalDtype):
+            df[c] = df[c].astype("category")
+    for c in ("nf_hook", "nf_pf", "drop_reason", "flags", "hdr", "hdr_kind", "ifname", "netns"):
+        if df[c].isna().any():
+            df[c] = df[c].cat.add_categories([""]) if "" not in df[c].cat.categories else df[c]
+            df[c] = df[c].fillna("")
+    return df
+
+
+def load(paths: Iterable[str | Path], idle_note: bool = True) -> Traces:
+    """Read trace files (one per node, as written by ``hoptrace trace -o``) and correlate."""
+    nodes: list[NodeTrace] = []
+    tables = []
+    for i, p in enumerate(paths):
+        nt, table = _read_file(Path(p), i)
+        nodes.append(nt)
+        tables.append(table)
+    if not nodes:
+        raise UsageError("no trace files given")
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    del tables
+    return from_frame(nodes, _frame(table))
+
+
+def from_frame(nodes: Sequence[NodeTrace], events: pd.DataFrame) -> Traces:
+    """Correlate an events frame (the columns of docs/event-schema.md plus ``file``, the index
+    of its file in ``nodes``) that is already in memory: tests and benchmarks build these."""
+    return _Correlator(list(nodes), events).run()
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _ports(f: Any) -> tuple[int, int]:
+    """Ports of a flow for grouping: ICMP queries use the echo id (as conntrack does)."""
+    if f.proto in (1, 58):
+        if f.icmp_type in _ICMP_REQ:
+            return f.icmp_id, 0
+        if f.icmp_type in _ICMP_REPLY:
+            return 0, f.icmp_id
+        return 0, 0
+    return f.sport, f.dport
+
+
+def _endpoint(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr and port else (f"{addr}:{port}" if port else addr)
+
+
+def _tuple_text(src: str, sport: int, dst: str, dport: int) -> str:
+    return f"{_endpoint(src, sport)}>{_endpoint(dst, dport)}"
+
+
+@dataclass
+class _Headers:
+    """Decoded distinct headers: per-event columns index into these arrays."""
+
+    decoded: list[Decoded | None]
+    cols: dict[str, np.ndarray]
+    tuples: list[tuple[str, str, int, int, int]]  # directional (src, dst, proto, sport, dport)
+    keys: list[tuple[int, str, int, str, int]]  # direction-independent
+
+
+def _decode_all(hdrs: Sequence[str], kinds: Sequence[str], ports: PortMap) -> _Headers:
+    n = len(hdrs)
+    decs: list[Decoded | None] = []
+    ints = {k: np.zeros(n, np.int64) for k in (
+        "proto", "sport", "dport", "ip_id", "frag_offset", "tcp_seq", "tcp_ack", "tcp_flags",
+        "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "payload_len", "ntun", "tuple_id",
+        "key_id", "ident_id", "outer_dport", "q_proto", "q_dport", "more_frags")}
+    strs = {k: np.empty(n, object) for k in ("src", "dst", "tunnel", "q_dst", "summary")}
+    tuple_ids: dict[tuple[str, str, int, int, int], int] = {}
+    key_ids: dict[tuple[int, str, int, str, int], int] = {}
+    ident_ids: dict[tuple[int, ...], int] = {}
+    for i in range(n):
+        h, kind = hdrs[i], kinds[i]
+        d = None
+        if h and kind in ("eth", "ip"):
+            try:
+                d = decode(bytes.fromhex(h), start=START_ETH if kind == "eth" else START_IP,
+                           ports=ports)
+            except ValueError:
+                d = None
+        if d is not None and d.inner is None:
+            d = None
+        decs.append(d)
+        if d is None:
+            for a in ("tuple_id", "key_id", "ident_id"):
+                ints[a][i] = -1
+            strs["src"][i] = strs["dst"][i] = strs["tunnel"][i] = strs["q_dst"][i] = ""
+            strs["summary"][i] = ""
+            continue
+        f = d.inner
+        assert f is not None
+        sp, dp = _ports(f)
+        for a in ("proto", "ip_id", "frag_offset", "tcp_seq", "tcp_ack", "tcp_flags",
+                  "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "payload_len"):
+            ints[a][i] = getattr(f, a)
+        ints["more_frags"][i] = int(f.more_frags)
+        ints["sport"][i], ints["dport"][i] = f.sport, f.dport
+        ints["ntun"][i] = len(d.tunnels)
+        strs["src"][i], strs["dst"][i] = f.src, f.dst
+        t = (f.src, f.dst, f.proto, sp, dp)
+        ints["tuple_id"][i] = tuple_ids.setdefault(t, len(tuple_ids))
+        if (f.dst, dp) < (f.src, sp):
+            k = (f.proto, f.dst, dp, f.src, sp)
+        else:
+            k = (f.proto, f.src, sp, f.dst, dp)
+        ints["key_id"][i] = key_ids.setdefault(k, len(key_ids))
+        ints["ident_id"][i] = ident_ids.setdefault(f.identity(), len(ident_ids))
+        if d.tunnels:
+            tu = d.tunnels[0]
+            vni = f" vni {tu.vni}" if tu.vni is not None else ""
+            strs["tunnel"][i] = f"{tu.kind.upper()}{vni} {tu.src}>{tu.dst}"
+            ints["outer_dport"][i] = tu.dport
+        else:
+            strs["tunnel"][i] = ""
+            o = d.outer
+            ints["outer_dport"][i] = o.dport if o is not None and o.proto == 17 else 0
+        q = d.quoted
+        strs["q_dst"][i] = q.dst if q is not None else ""
+        ints["q_proto"][i] = q.proto if q is not None else 0
+        ints["q_dport"][i] = q.dport if q is not None else 0
+        strs["summary"][i] = f.summary()
+    return _Headers(decs, {**ints, **strs}, list(tuple_ids), list(key_ids))
+
+
+# ----------------------------------------------------------------------------- correlating
+
+
+def _group_ffill(values: np.ndarray, seg: np.ndarray, missing: int = -1) -> np.ndarray:
+    """Forward fill ``values`` (``missing`` = none) within runs of equal ``seg`` (sorted)."""
+    n = len(values)
+    idx = np.where(values != missing, np.arange(n), -1)
+    np.maximum.accumulate(idx, out=idx)
+    starts = np.r_[0, np.flatnonzero(seg[1:] != seg[:-1]) + 1]
+    seg_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    ok = idx >= seg_start
+    out = np.full(n, missing, values.dtype)
+    out[ok] = values[idx[ok]]
+    return out
+
+
+def _group_shift(values: np.ndarray, seg: np.ndarray, missing: int = -1) -> np.ndarray:
+    """The previous row's value within the same ``seg`` (sorted), else ``missing``."""
+    out = np.empty_like(values)
+    out[0] = missing
+    out[1:] = values[:-1]
+    first = np.r_[True, seg[1:] != seg[:-1]]
+    out[first] = missing
+    return out
+
+
+class _Correlator:
+    def __init__(self, nodes: list[NodeTrace], ev: pd.DataFrame) -> None:
+        self.nodes = nodes
+        self.ev = ev
+
+    def run(self) -> Traces:
+        ev = self.ev
+        if ev.empty:
+            return Traces(self.nodes, ev, *(pd.DataFrame() for _ in range(3)), {})
+        ev.sort_values(["file", "track", "ts_ns"], inplace=True, kind="stable")
+        ev.reset_index(drop=True, inplace=True)
+        seg = (ev["file"].to_numpy(np.int64) << 48) + ev["track"].to_numpy(np.int64)
+        self.seg = pd.factorize(seg, sort=False)[0].astype(np.int64)
+        ev["segment"] = self.seg
+        self._decode()
+        self._classify()
+        self._changes()
+        segs = self._segments()
+        links = self._link(segs)
+        clocks = estimate(
+            list(dict.fromkeys(n.node for n in self.nodes)),
+            links,
+            {n.node: int(n.header.get("started_unix_ns", 0)) - int(n.header.get(
+                "started_mono_ns", 0)) for n in self.nodes if n.header.get("started_unix_ns")},
+        )
+        hops = self._hops(segs, links, clocks)
+        packets = self._packets(hops, segs)
+        flows = self._flows(packets, hops)
+        return Traces(self.nodes, ev, packets, hops, flows, clocks, segs, links)
+
+    # -- per event
+
+    def _decode(self) -> None:
+        ev = self.ev
+        ports = DEFAULT_PORTS
+        for n in self.nodes:
+            ports = ports.with_ports({int(p): "vxlan" for p in n.header.get("vxlan_ports", [])
+                                      if int(p) not in ports})
+        hdr = ev["hdr"].cat.codes.to_numpy(np.int64)
+        kind = ev["hdr_kind"].cat.codes.to_numpy(np.int64)
+        combo = hdr * (len(ev["hdr_kind"].cat.categories) + 1) + kind
+        dcode, uniq = pd.factorize(combo, sort=False)
+        nk = len(ev["hdr_kind"].cat.categories) + 1
+        hcats = ev["hdr"].cat.categories
+        kcats = ev["hdr_kind"].cat.categories
+        uh = [hcats[c // nk] if c // nk >= 0 else "" for c in uniq]
+        uk = [kcats[c % nk] if c % nk < len(kcats) else "" for c in uniq]
+        self.h = _decode_all(uh, uk, ports)
+        self.d = dcode.astype(np.int64)
+        c = self.h.cols
+        for name in ("tuple_id", "key_id", "ident_id", "ntun", "proto"):
+            ev[name] = c[name][self.d]
+        ev["decoded"] = ev["tuple_id"].to_numpy() >= 0
+        ev["dec"] = self.d
+        for name in ("src", "dst"):
+            codes, cats = pd.factorize(c[name])
+            ev[name] = pd.Categorical.from_codes(codes[self.d], categories=cats)
+
+    def _classify(self) -> None:
+        """Hop names through tracer.hops.classify, once per distinct situation."""
+        ev = self.ev
+        seg = self.seg
+        probe = ev["probe"].cat.codes.to_numpy(np.int64)
+        netns = ev["netns"].cat.codes.to_numpy(np.int64)
+        ifindex = ev["ifindex"].to_numpy(np.int64)
+        pcats = list(ev["probe"].cat.categories)
+        dev_codes = [pcats.index(p) for p in DEVICE_POINTS if p in pcats]
+        is_dev = np.isin(probe, dev_codes)
+        row = np.arange(len(ev))
+        last_dev = _group_shift(_group_ffill(np.where(is_dev, row, -1), seg), seg)
+        has_prev = last_dev >= 0
+        pl = np.where(has_prev, last_dev, 0)
+        tunnelled = self.h.cols["ntun"][self.d] > 0
+        key = pd.DataFrame({
+            "f": ev["file"].to_numpy(np.int64), "p": probe,
+            "h": ev["nf_hook"].cat.codes.to_numpy(np.int64),
+            "pf": ev["nf_pf"].cat.codes.to_numpy(np.int64), "n": netns, "i": ifindex,
+            "t": tunnelled, "pn": np.where(has_prev, netns[pl], -1),
+            "pp": np.where(has_prev, probe[pl], -1), "pi": np.where(has_prev, ifindex[pl], -1),
+        })
+        combo = key.groupby(list(key.columns), sort=False).ngroup().to_numpy()
+        _, rep = np.unique(combo, return_index=True)
+        topos = [Topology.from_json(n.header.get("topology") or {}) for n in self.nodes]
+        kinds, labels, inferred = [], [], []
+        cols = list(Event._fields)
+        for r in rep:
+            e = _event_at(ev, cols, int(r))
+            prev = _event_at(ev, cols, int(last_dev[r])) if last_dev[r] >= 0 else None
+            hop = classify(e, topos[int(ev["file"].iat[r])], self.h.decoded[self.d[r]], prev)
+            kinds.append(str(hop.kind))
+            labels.append(hop.label)
+            inferred.append(hop.inferred)
+        # combo ids are 0..k-1 in first-seen order and rep is sorted by combo id
+        ev["hop"] = pd.Categorical(np.asarray(kinds, object)[combo])
+        ev["label"] = pd.Categorical(np.asarray(labels, object)[combo])
+        ev["inferred"] = pd.Categorical(np.asarray(inferred, object)[combo])
+
+    def _changes(self) -> None:
+        """Encapsulation, decapsulation, NAT (chains.change_between) and drop text."""
+        ev = self.ev
+        seg = self.seg
+        d = np.where(ev["decoded"].to_numpy(), self.d, -1)
+        prev_d = _group_shift(_group_ffill(d, seg), seg)
+        c = self.h.cols
+        cand = (d >= 0) & (prev_d >= 0) & (d != prev_d)
+        cand[cand] = (c["ntun"][d[cand]] != c["ntun"][prev_d[cand]]) | (
+            c["tuple_id"][d[cand]] != c["tuple_id"][prev_d[cand]])
+        change = np.full(len(ev), "", object)
+        if cand.any():
+            pairs = pd.DataFrame({"a": prev_d[cand], "b": d[cand]})
+            codes, uniq = pd.factorize(pd.MultiIndex.from_frame(pairs))
+            texts = np.array([change_between(self.h.decoded[a], self.h.decoded[b])
+                              for a, b in uniq], object)
+            change[cand] = texts[codes]
+        ev["nat"] = cand & (c["ntun"][np.maximum(d, 0)] == c["ntun"][np.maximum(prev_d, 0)])
+        # drops: reason, and the netfilter hook the packet entered and never left
+        probe = ev["probe"].astype(str).to_numpy()
+        hook = ev["nf_hook"].cat.codes.to_numpy(np.int64)
+        state = np.where(probe == "nf_hook_first", hook, np.where(probe == "nf_hook_last", -2, -1))
+        open_hook = _group_shift(_group_ffill(state, seg), seg)
+        is_drop = probe == "kfree_skb"
+        hcats = ev["nf_hook"].cat.categories
+        inside = np.full(len(ev), "", object)
+        sel = is_drop & (open_hook >= 0)
+        inside[sel] = np.asarray(hcats, object)[open_hook[sel]]
+        ev["drop_hook"] = pd.Categorical(inside)
+        if is_drop.any():
+            txt = ("reason " + ev.loc[is_drop, "drop_reason_code"].astype(str) + " ("
+                   + ev.loc[is_drop, "drop_reason"].astype(str) + ")").to_numpy(object)
+            txt = np.where(inside[is_drop] != "", txt + " inside nf:" + inside[is_drop], txt)
+            change[is_drop] = txt
+        ev["change"] = pd.Categorical(change)
+        c_type = c["icmp_type"][np.maximum(self.d, 0)]
+        reason = ev["drop_reason"].astype(str).to_numpy()
+        benign = is_drop & (np.isin(reason, list(BENIGN_REASONS)) | (
+            (reason == "NO_SOCKET") & np.isin(ev["proto"].to_numpy(), (1, 58))
+            & np.isin(c_type, (0, 129))))
+        ev["benign"] = benign
+        ev["is_free"] = (probe == "consume_skb") | benign
+        ev["is_drop"] = is_drop & ~benign
+
+    # -- per segment (one node's part of a journey)
+
+    def _segments(self) -> pd.DataFrame:
+        ev = self.ev
+        seg = self.seg
+        n = len(ev)
+        starts = np.r_[0, np.flatnonzero(seg[1:] != seg[:-1]) + 1]
+        ends = np.r_[starts[1:], n] - 1
+        probe = ev["probe"].astype(str).to_numpy()
+        is_free = ev["is_free"].to_numpy()
+        decoded = ev["decoded"].to_numpy()
+        row = np.arange(n)
+        # last path row: the last event that is not a free (a free after the last tx is the
+        # driver's, not the packet's end) -- unless the segment is only frees
+        path_row = _group_ffill(np.where(~is_free, row, -1), seg)
+        last_path = path_row[ends]
+        last_path = np.where(last_path >= 0, last_path, ends)
+        dec_row = np.where(decoded, row, -1)
+        last_dec = _group_ffill(np.where(decoded & ~is_free, row, -1), seg)[ends]
+        # first decoded row: reverse ffill
+        rev = _group_ffill(dec_row[::-1], seg[::-1])[::-1]
+        first_dec = rev[starts]
+        ts = ev["ts_ns"].to_numpy(np.int64)
+        tid = ev["tuple_id"].to_numpy(np.int64)
+        iid = ev["ident_id"].to_numpy(np.int64)
+
+        def at(col: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            return np.where(rows >= 0, col[np.maximum(rows, 0)], -1)
+
+        end_probe = probe[ends]
+        dropped = ev["is_drop"].to_numpy()[ends]
+        node_name = ev["node"].astype(str).to_numpy()
+        s = pd.DataFrame({
+            "segment": seg[starts],
+            "file": ev["file"].to_numpy()[starts],
+            "node": node_name[starts],
+            "track": ev["track"].to_numpy()[starts],
+            "first_row": starts,
+            "last_row": ends,
+            "last_path_row": last_path,
+            "first_ns": ts[starts],
+            "last_path_ns": ts[last_path],
+            "entry_tuple": at(tid, first_dec),
+            "entry_ident": at(iid, first_dec),
+            "exit_tuple": at(tid, last_dec),
+            "exit_ident": at(iid, last_dec),
+            "starts_rx": probe[starts] == "netif_receive_skb",
+            "leaves_tx": (probe[last_path] == "net_dev_queue") & ~dropped,
+            "end": np.where(dropped, "dropped", np.where(
+                is_free[ends], "freed", "open")),
+            "end_probe": end_probe,
+        })
+        return s
+
+    def _link(self, s: pd.DataFrame) -> pd.DataFrame:
+        """Join segments leaving one node with segments arriving on another."""
+        cols = ["segment", "node", "exit_tuple", "exit_ident", "last_path_ns"]
+        out = s.loc[s["leaves_tx"] & (s["exit_tuple"] >= 0), cols].rename(
+            columns={"exit_tuple": "tuple", "exit_ident": "ident", "last_path_ns": "tx_ns",
+                     "node": "from_node", "segment": "pred"})
+        inn = s.loc[s["starts_rx"] & (s["entry_tuple"] >= 0),
+                    ["segment", "node", "entry_tuple", "entry_ident", "first_ns"]].rename(
+            columns={"entry_tuple": "tuple", "entry_ident": "ident", "first_ns": "rx_ns",
+                     "node": "to_node", "segment": "succ"})
+        empty = pd.DataFrame(columns=["pred", "succ", "from_node", "to_node", "tx_ns", "rx_ns"])
+        if out.empty or inn.empty or len(self.nodes) < 2:
+            return empty
+        # the k-th departure of an identity pairs with its k-th arrival on the other node
+        out = out.sort_values("tx_ns", kind="stable")
+        inn = inn.sort_values("rx_ns", kind="stable")
+        out["k"] = out.groupby(["from_node", "tuple", "ident"], sort=False).cumcount()
+        inn["k"] = inn.groupby(["to_node", "tuple", "ident"], sort=False).cumcount()
+        m = out.merge(inn, on=["tuple", "ident", "k"])
+        m = m[m["from_node"] != m["to_node"]]
+        m = m.drop_duplicates("succ").drop_duplicates("pred")
+        return m[["pred", "succ", "from_node", "to_node", "tx_ns", "rx_ns"]].reset_index(
+            drop=True)
+
+    # -- packets and their hops
+
+    def _hops(
+        self, s: pd.DataFrame, lk: pd.DataFrame, clocks: dict[str, ClockOffset]
+    ) -> pd.DataFrame:
+        ev = self.ev
+        nseg = len(s)
+        pred = np.full(nseg, -1, np.int64)
+        if len(lk):
+            pred[lk["succ"].to_numpy(np.int64)] = lk["pred"].to_numpy(np.int64)
+        has_succ = np.zeros(nseg, bool)
+        if len(lk):
+            has_succ[lk["pred"].to_numpy(np.int64)] = True
+        root = np.arange(nseg)
+        depth = np.zeros(nseg, np.int64)
+        cur = pred.copy()
+        while (cur >= 0).any():  # pointer chase to the first segment of each journey
+            m = cur >= 0
+            root[m] = cur[m]
+            depth[m] += 1
+            cur = np.where(m, pred[np.maximum(cur, 0)], -1)
+        packet_of_seg = pd.factorize(root)[0]
+        s["packet"] = packet_of_seg
+        s["depth"] = depth
+        s["pred"] = pred
+        s["has_succ"] = has_succ
+        seg = self.seg
+        ev["packet"] = packet_of_seg[seg]
+        # a free ending a segment that continues on another node is the sender's, not a hop
+        tail_free = has_succ[seg] & ev["is_free"].to_numpy() & (
+            np.arange(len(ev)) > s["last_path_row"].to_numpy()[seg])
+        ev["in_path"] = ~tail_free
+        off = {n: c.offset_ns for n, c in clocks.items()}
+        unc = {n: c.uncertainty_ns for n, c in clocks.items()}
+        node = ev["node"].astype(str)
+        ev["t_ns"] = ev["ts_ns"].to_numpy(np.int64) + node.map(off).fillna(0).to_numpy(np.int64)
+        h = ev.loc[ev["in_path"], ["packet", "segment", "node", "netns", "ifname", "probe",
+                                   "hop", "label", "inferred", "change", "nat", "ts_ns", "t_ns",
+                                   "drop_reason", "drop_hook", "is_drop", "is_free", "benign",
+                                   "len", "src", "dst", "proto", "dec"]].copy()
+        h["depth"] = depth[h["segment"].to_numpy()]
+        h.sort_values(["packet", "depth", "ts_ns"], inplace=True, kind="stable")
+        h.reset_index(inplace=True, names="event")
+        pk = h["packet"].to_numpy()
+        t = h["t_ns"].to_numpy(np.int64)
+        segcol = h["segment"].to_numpy()
+        first = np.r_[True, pk[1:] != pk[:-1]]
+        dt = np.r_[0, np.diff(t)]
+        dt[first] = 0
+        cross = np.r_[False, segcol[1:] != segcol[:-1]] & ~first
+        hn = h["node"].astype(str).to_numpy()
+        u = np.zeros(len(h), np.float64)
+        if cross.any():
+            idx = np.flatnonzero(cross)
+            for i in idx:
+                a, b = unc.get(hn[i - 1]), unc.get(hn[i])
+                u[i] = np.nan if a is None or b is None else a + b
+        clamped = cross & (dt < 0)
+        dt = np.where(dt < 0, 0, dt)
+        h["step"] = h.groupby("packet", sort=False).cumcount()
+        h["dt_ns"] = dt
+        h["offset_ns"] = pd.Series(dt).groupby(pk).cumsum().to_numpy()
+        h["cross_node"] = cross
+        h["uncertainty_ns"] = np.where(cross, u, 0.0)
+        h["clamped"] = clamped
+        last = np.r_[pk[1:] != pk[:-1], True]
+        h["terminal"] = last & h["is_free"].to_numpy()
+        return h
+
+    def _packets(self, h: pd.DataFrame, s: pd.DataFrame) -> pd.DataFrame:
+        c = self.h.cols
+        g = h.groupby("packet", sort=True)
+        first = g.head(1).set_index("packet")
+        last = g.tail(1).set_index("packet")
+        # the end of the path: the last step that is not a normal free
+        body = h[~h["terminal"]]
+        gb = body.groupby("packet", sort=True)
+        end_off = gb["offset_ns"].max().reindex(first.index).fillna(0).astype(np.int64)
+        dec = h[h["dec"] >= 0]
+        dec = dec[h.loc[dec.index, "proto"].notna()]
+        decoded_ok = dec[c["tuple_id"][dec["dec"].to_numpy()] >= 0]
+        gd = decoded_ok.groupby("packet", sort=True)
+        d_first = gd["dec"].first().reindex(first.index).fillna(-1).astype(np.int64).to_numpy()
+        d_last = gd["dec"].last().reindex(first.index).fillna(-1).astype(np.int64).to_numpy()
+        nodes = h.drop_duplicates(["packet", "node"]).groupby("packet", sort=True)["node"].agg(
+            lambda x: ">".join(map(str, x)))
+        segs = s.groupby("packet", sort=True).size()
+
+        def col(name: str, rows: np.ndarray, missing: Any = "") -> np.ndarray:
+            v = c[name][np.maximum(rows, 0)]
+            return np.where(rows >= 0, v, missing)
+
+        tup_before = [_tuple_of(self.h, r) for r in d_first]
+        tup_after = [_tuple_of(self.h, r) for r in d_last]
+        ended = last["is_drop"].to_numpy()
+        fate = np.where(ended, "dropped", np.where(last["is_free"].to_numpy(), "freed", "open"))
+        p = pd.DataFrame({
+            "packet": first.index.to_numpy(),
+            "first_ns": first["t_ns"].to_numpy(),
+            "nodes": nodes.reindex(first.index).to_numpy(),
+            "segments": segs.reindex(first.index).to_numpy(),
+            "steps": g.size().to_numpy(),
+            "src": col("src", d_first), "dst": col("dst", d_first),
+            "proto": col("proto", d_first, 0).astype(np.int64),
+            "sport": col("sport", d_first, 0).astype(np.int64),
+            "dport": col("dport", d_first, 0).astype(np.int64),
+            "summary": col("summary", d_first),
+            "tuple_before": tup_before,
+            "tuple_after": tup_after,
+            "nat": np.array(tup_before, object) != np.array(tup_after, object),
+            "key_before": col("key_id", d_first, -1).astype(np.int64),
+            "key_after": col("key_id", d_last, -1).astype(np.int64),
+            "ident": col("ident_id", d_first, -1).astype(np.int64),
+            "fate": fate,
+            "drop_reason": np.where(ended, last["drop_reason"].astype(str).to_numpy(), ""),
+            "drop_node": np.where(ended, last["node"].astype(str).to_numpy(), ""),
+            "drop_netns": np.where(ended, last["netns"].astype(str).to_numpy(), ""),
+            "drop_hook": np.where(ended, last["drop_hook"].astype(str).to_numpy(), ""),
+            "e2e_ns": end_off.to_numpy(),
+            "clamped": g["clamped"].any().to_numpy(),
+        })
+        # the k-th packet with the same identity (retransmissions and duplicates)
+        p["occurrence"] = p.sort_values("first_ns").groupby(["key_before", "ident"]).cumcount()
+        return p
+
+    def _flows(self, p: pd.DataFrame, h: pd.DataFrame) -> pd.DataFrame:
+        if p.empty:
+            return pd.DataFrame()
+        parent: dict[int, int] = {}
+
+        def find(x: int) -> int:
+            while parent.get(x, x) != x:
+                parent[x] = parent.get(parent[x], parent[x])
+                x = parent[x]
+            return x
+
+        nat = p[p["nat"] & (p["key_before"] >= 0) & (p["key_after"] >= 0)]
+        for a, b in zip(nat["key_before"].to_numpy(), nat["key_after"].to_numpy(), strict=True):
+            ra, rb = find(int(a)), find(int(b))
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        kb = p["key_before"].to_numpy()
+        root = np.array([find(int(k)) if k >= 0 else -1 for k in kb]) if parent else kb
+        order = p.sort_values("first_ns", kind="stable")
+        fid = pd.factorize(pd.Series(root)[order.index].to_numpy())[0]
+        p.loc[order.index, "flow"] = fid
+        p["flow"] = p["flow"].astype(np.int64)
+        pods = self._pods(h)
+        fl = []
+        for f, grp in p.sort_values("first_ns", kind="stable").groupby("flow", sort=True):
+            first = grp.iloc[0]
+            client, server = first["src"], first["dst"]
+            fwd = grp["src"] == client
+            p.loc[grp.index, "direction"] = np.where(fwd, "forward", "reverse")
+            after = grp.loc[fwd & grp["nat"], "tuple_after"]
+            nat_to = _dst_of(after.iloc[0]) if len(after) else ""
+            served_by = nat_to.rsplit(":", 1)[0] if nat_to else server
+            ok = grp[grp["fate"] != "dropped"]["e2e_ns"]
+            q = ok.quantile([0.5, 0.9, 0.99]).to_numpy() if len(ok) else [np.nan] * 3
+            proto = int(first["proto"])
+            fl.append({
+                "flow": f,
+                "proto": PROTO_NAMES.get(proto, str(proto)),
+                "client": _endpoint(client, int(first["sport"])) if proto != 1 else client,
+                "client_pod": pods.get(client, ""),
+                "server": _endpoint(server, int(first["dport"])) if proto != 1 else server,
+                "server_pod": pods.get(served_by, ""),
+                "nat_to": nat_to,
+                "packets": len(grp),
+                "forward": int(fwd.sum()),
+                "reverse": int((~fwd).sum()),
+                "drops": int((grp["fate"] == "dropped").sum()),
+                "nodes": ">".join(dict.fromkeys(">".join(grp["nodes"].astype(str)).split(">"))),
+                "first_ns": int(grp["first_ns"].min()),
+                "last_ns": int(grp["first_ns"].max()),
+                "e2e_p50_ns": q[0], "e2e_p90_ns": q[1], "e2e_p99_ns": q[2],
+            })
+        flows = pd.DataFrame(fl)
+        names = []
+        for r in flows.itertuples():
+            a = r.client_pod or r.client
+            b = r.server_pod or r.server
+            port = r.server.rsplit(":", 1)[1] if ":" in r.server and r.proto != "icmp" else ""
+            names.append(f"{a} -> {b} {r.proto}{'/' + port if port else ''}")
+        flows.insert(1, "name", names)
+        return flows
+
+    def _pods(self, h: pd.DataFrame) -> dict[str, str]:
+        """Address -> the pod namespace that sent (pod tx) or received (pod rx) it."""
+        out: dict[str, str] = {}
+        for kind, col in ((HopKind.POD_TX, "src"), (HopKind.POD_RX, "dst")):
+            sel = h[h["hop"] == str(kind)]
+            for addr, ns in zip(sel[col].astype(str), sel["netns"].astype(str), strict=True):
+                out.setdefault(addr, ns)
+        return out
+
+
+def _tuple_of(h: _Headers, row: int) -> str:
+    if row < 0:
+        return ""
+    c = h.cols
+    return _tuple_text(c["src"][row], int(c["sport"][row]), c["dst"][row], int(c["dport"][row]))
+
+
+def _dst_of(tuple_text: str) -> str:
+    return tuple_text.split(">", 1)[1] if ">" in tuple_text else ""
+
+
+def _event_at(ev: pd.DataFrame, cols: list[str], r: int) -> Event:
+    vals = []
+    for c in cols:
+        v = ev[c].iat[r]
+        if c == "flags":
+            v = tuple(str(v).split(",")) if v else ()
+        elif c == "hdr":
+            v = b""
+        elif c == "skb":
+            v = 0
+        elif isinstance(v, (np.integer,)):
+            v = int(v)
+        elif v is None or (isinstance(v, float) and np.isnan(v)):
+            v = 0 if c not in ("nf_hook", "nf_pf", "drop_reason", "ifname", "netns") else ""
+        vals.append(v)
+    return Event(*vals)
+
+
+# ----------------------------------------------------------------------------- result
+
+
+@dataclass
+class Traces:
+    """Correlated traces. Every table is a pandas DataFrame; docs/report.md lists the columns.
+
+    ``events``: every event with its decoded innermost tuple, ``hop`` (tracer.hops vocabulary),
+    ``packet``, ``segment``, ``t_ns`` (on the reference node's clock) and change text.
+    ``packets``: one journey each. ``hops``: the steps of each packet's path in order with
+    ``dt_ns`` (this hop's latency, never negative), ``offset_ns``, ``cross_node``,
+    ``uncertainty_ns`` and ``clamped``. ``flows``: grouped packets with percentiles.
+    ``clocks``: node -> :class:`~tracer.correlate_clock.ClockOffset`.
+    """
+
+    nodes: list[NodeTrace]
+    events: pd.DataFrame
+    packets: pd.DataFrame
+    hops: pd.DataFrame
+    flows: pd.DataFrame
+    clocks: dict[str, ClockOffset]
+    segments: pd.DataFrame = field(default_factory=pd.DataFrame)
+    links: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def packet_hops(self, packet: int) -> pd.DataFrame:
+        """The hops of one packet, in path order."""
+        return self.hops[self.hops["packet"] == packet]
+
+    def flow_packets(self, flow: int) -> pd.DataFrame:
+        return self.packets[self.packets["flow"] == flow]
