@@ -103,7 +103,8 @@ class KernelPaths:
         from tracer.tracefile import read_trace
 
         self.window_ns = int(window_s * 1e9)
-        self.offsets: list[int | None] = []
+        self.offsets: list[int | None] = []  # realtime - monotonic, from the header
+        self.learned: list[int | None] = []  # the same, estimated from a unique match
         self.index: dict[tuple[Any, ...], list[_Candidate]] = {}
         self.chains = 0
         self._used: set[int] = set()
@@ -114,6 +115,7 @@ class KernelPaths:
                 self.offsets.append(int(h["started_unix_ns"]) - int(h["started_mono_ns"]))
             else:
                 self.offsets.append(None)
+            self.learned.append(None)
             file_ports = ports.with_ports(dict.fromkeys(h.get("vxlan_ports", ()), "vxlan"))
             builder = ChainBuilder(Topology.from_json(h.get("topology", {})), file_ports)
             chains = []
@@ -139,11 +141,19 @@ class KernelPaths:
         best: dict[tuple[int, str], tuple[tuple[int, int], _Candidate, int | None]] = {}
         for c in cands:
             off = self.offsets[c.source]
-            if off is None or ts_ns is None:
-                # no common clock: identity decides; among equals the earliest chain not
-                # yet given to a packet
-                at = None
+            at = None
+            if ts_ns is None:
                 rank = (id(c) in self._used, c.first_ns)
+            elif off is None:
+                # no common clock: identity decides; among equal identities the time on a
+                # clock offset learned from an unambiguous match, else the earliest chain
+                # not yet given to a packet
+                learned = self.learned[c.source]
+                if learned is None:
+                    rank = (id(c) in self._used, c.first_ns)
+                else:
+                    t = ts_ns - learned
+                    rank = (0, max(c.first_ns - t, t - c.last_ns, 0))
             else:
                 at = ts_ns - off
                 dist = max(c.first_ns - at, at - c.last_ns, 0)
@@ -156,10 +166,11 @@ class KernelPaths:
         out = []
         for _, c, at in sorted(best.values(), key=lambda b: b[1].first_ns):
             self._used.add(id(c))
-            if at is None and ts_ns is not None and len(cands) == 1:
-                # learn the clock offset from an unambiguous match (the capture falls inside
-                # the chain's span; its first event is as good an anchor as any)
-                self.offsets[c.source] = ts_ns - c.first_ns
+            if (self.offsets[c.source] is None and ts_ns is not None and len(cands) == 1
+                    and self.learned[c.source] is None):
+                # the capture falls somewhere in this chain's span: good enough to rank
+                # later equal identities by time, not to show a capture offset
+                self.learned[c.source] = ts_ns - c.first_ns
             out.append((c, at))
         return out
 
@@ -169,7 +180,8 @@ def _key(f: Flow) -> tuple[Any, ...]:
 
 
 def path_comment(c: _Candidate, at: int | None) -> str:
-    """The chain as one line: node and packet, then every hop with its offset."""
+    """The chain as one line: node, packet and fate, then every hop with its offset since
+    the first, all separated by ``"; "``."""
     from tracer.hops import HopKind
 
     chain = c.chain
@@ -190,7 +202,7 @@ def path_comment(c: _Candidate, at: int | None) -> str:
             f"[{chain.duration_ns / 1000:.1f}us, {chain.fate()}]")
     if at is not None:
         head += f", captured at +{(at - c.first_ns) / 1000:.1f}us"
-    return head + ": " + "; ".join(parts)
+    return "; ".join([head, *parts])
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -260,12 +272,18 @@ def run(args: argparse.Namespace) -> int:
             counts = _annotate(cap, fp, ports, guess, paths,
                                Progress(want_progress, cap.size()), pcapng)
         except CaptureError as exc:  # e.g. an unknown link type on a later pcapng interface
-            raise UsageError(str(exc)) from None
+            failed = exc
+        else:
+            failed = None
         finally:
             if fp is not None and fp not in (sys.stdout, sys.stdout.buffer):
                 fp.close()
             elif fp is not None:
                 fp.flush()
+    if failed is not None:
+        if args.output not in (None, "-"):
+            Path(args.output).unlink(missing_ok=True)  # no half-written output
+        raise UsageError(str(failed))
     n, flows, malformed, matched, dt = counts
     where = f" -> {args.output}" if args.output not in (None, "-") else ""
     kernel = f", {matched} matched to kernel paths ({paths.chains} in trace)" if paths else ""
