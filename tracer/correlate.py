@@ -356,14 +356,14 @@ class _Correlator:
         links = self._link(segs)
         clocks = estimate(
             list(dict.fromkeys(n.node for n in self.nodes)),
-            links,
+            links[links["from_node"] != links["to_node"]],
             {n.node: int(n.header.get("started_unix_ns", 0)) - int(n.header.get(
                 "started_mono_ns", 0)) for n in self.nodes if n.header.get("started_unix_ns")},
         )
         hops = self._hops(segs, links, clocks)
         packets = self._packets(hops, segs)
         flows = self._flows(packets, hops)
-        return Traces(self.nodes, ev, packets, hops, flows, clocks, segs, links)
+        return Traces(self.nodes, ev, packets, hops, flows, clocks, segs, links, self.h.cols)
 
     # -- per event
 
@@ -522,7 +522,12 @@ class _Correlator:
             "entry_ident": at(iid, first_dec),
             "exit_tuple": at(tid, last_dec),
             "exit_ident": at(iid, last_dec),
+            "last_ns": ts[ends],
             "starts_rx": probe[starts] == "netif_receive_skb",
+            # a packet born here: a local send (LOCAL_OUT) or a pod's first transmit
+            "starts_local": ((probe[starts] == "nf_hook_first")
+                             & (ev["nf_hook"].astype(str).to_numpy()[starts] == "LOCAL_OUT"))
+            | (ev["hop"].astype(str).to_numpy()[starts] == str(HopKind.POD_TX)),
             "leaves_tx": (probe[last_path] == "net_dev_queue") & ~dropped,
             "end": np.where(dropped, "dropped", np.where(
                 is_free[ends], "freed", "open")),
@@ -542,7 +547,8 @@ class _Correlator:
                      "node": "to_node", "segment": "succ"})
         empty = pd.DataFrame(columns=["pred", "succ", "from_node", "to_node", "tx_ns", "rx_ns"])
         if out.empty or inn.empty or len(self.nodes) < 2:
-            return empty
+            m = self._continuations(s).drop_duplicates("succ").drop_duplicates("pred")
+            return m.reset_index(drop=True) if len(m) else empty
         # the k-th departure of an identity pairs with its k-th arrival on the other node
         out = out.sort_values("tx_ns", kind="stable")
         inn = inn.sort_values("rx_ns", kind="stable")
@@ -550,9 +556,34 @@ class _Correlator:
         inn["k"] = inn.groupby(["to_node", "tuple", "ident"], sort=False).cumcount()
         m = out.merge(inn, on=["tuple", "ident", "k"])
         m = m[m["from_node"] != m["to_node"]]
+        m = pd.concat([m, self._continuations(s)], ignore_index=True)
         m = m.drop_duplicates("succ").drop_duplicates("pred")
         return m[["pred", "succ", "from_node", "to_node", "tx_ns", "rx_ns"]].reset_index(
             drop=True)
+
+    def _continuations(self, s: pd.DataFrame, window_ns: int = 200_000) -> pd.DataFrame:
+        """Same node, new skb: IP fragmentation and reassembly free the packet's skb and go
+        on with another that carries the same innermost packet. A segment that ends freed is
+        continued by one that starts mid-path (not received, not born here) with the same
+        tuple and identity, while the first was alive or just after."""
+        a = s.loc[(s["end"] == "freed") & (s["exit_tuple"] >= 0),
+                  ["segment", "file", "node", "exit_tuple", "exit_ident", "first_ns", "last_ns",
+                   "last_path_ns"]].rename(columns={"exit_tuple": "tuple", "exit_ident": "ident",
+                                                    "segment": "pred", "node": "from_node"})
+        b = s.loc[~s["starts_rx"] & ~s["starts_local"] & (s["entry_tuple"] >= 0),
+                  ["segment", "file", "entry_tuple", "entry_ident", "first_ns"]].rename(
+            columns={"entry_tuple": "tuple", "entry_ident": "ident", "segment": "succ",
+                     "first_ns": "b_first"})
+        if a.empty or b.empty:
+            return pd.DataFrame(columns=["pred", "succ", "from_node", "to_node", "tx_ns",
+                                         "rx_ns"])
+        m = a.merge(b, on=["file", "tuple", "ident"])
+        m = m[(m["pred"] != m["succ"]) & (m["b_first"] >= m["first_ns"])
+              & (m["b_first"] <= m["last_ns"] + window_ns)]
+        m = m.sort_values("b_first", kind="stable")
+        return pd.DataFrame({"pred": m["pred"], "succ": m["succ"], "from_node": m["from_node"],
+                             "to_node": m["from_node"], "tx_ns": m["last_path_ns"],
+                             "rx_ns": m["b_first"]})
 
     # -- packets and their hops
 
@@ -599,19 +630,18 @@ class _Correlator:
         h.reset_index(inplace=True, names="event")
         pk = h["packet"].to_numpy()
         t = h["t_ns"].to_numpy(np.int64)
-        segcol = h["segment"].to_numpy()
         first = np.r_[True, pk[1:] != pk[:-1]]
         dt = np.r_[0, np.diff(t)]
         dt[first] = 0
-        cross = np.r_[False, segcol[1:] != segcol[:-1]] & ~first
         hn = h["node"].astype(str).to_numpy()
+        cross = np.r_[False, hn[1:] != hn[:-1]] & ~first
         u = np.zeros(len(h), np.float64)
         if cross.any():
             idx = np.flatnonzero(cross)
             for i in idx:
                 a, b = unc.get(hn[i - 1]), unc.get(hn[i])
                 u[i] = np.nan if a is None or b is None else a + b
-        clamped = cross & (dt < 0)
+        clamped = dt < 0
         dt = np.where(dt < 0, 0, dt)
         h["step"] = h.groupby("packet", sort=False).cumcount()
         h["dt_ns"] = dt
@@ -792,7 +822,8 @@ class Traces:
     ``packets``: one journey each. ``hops``: the steps of each packet's path in order with
     ``dt_ns`` (this hop's latency, never negative), ``offset_ns``, ``cross_node``,
     ``uncertainty_ns`` and ``clamped``. ``flows``: grouped packets with percentiles.
-    ``clocks``: node -> :class:`~tracer.correlate_clock.ClockOffset`.
+    ``clocks``: node -> :class:`~tracer.correlate_clock.ClockOffset`. ``segments``: one
+    node's part of a journey (file, track); ``links``: which segment continues which.
     """
 
     nodes: list[NodeTrace]
@@ -803,6 +834,8 @@ class Traces:
     clocks: dict[str, ClockOffset]
     segments: pd.DataFrame = field(default_factory=pd.DataFrame)
     links: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: decoded distinct headers, column -> array; ``events["dec"]`` indexes into them
+    headers: dict[str, np.ndarray] | None = None
 
     def packet_hops(self, packet: int) -> pd.DataFrame:
         """The hops of one packet, in path order."""

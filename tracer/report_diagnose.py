@@ -1,0 +1,330 @@
+"""Diagnosis: causes a person can act on, each with its evidence (docs/report.md, "rules").
+
+Every rule reads the correlated tables (tracer/correlate.py) and returns findings::
+
+    {"rule": "netfilter-drop", "title": "...", "detail": "... what to do ...",
+     "evidence": ["3 packets of a1 -> b1 icmp dropped in htlab-n2 ..."], "packets": 3,
+     "flows": [0]}
+
+Benign frees (consume_skb, a ping reply's NO_SOCKET after delivery to the raw socket's clone,
+socket queue purges) are never drops (tracer.correlate.is_benign), so they trigger nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracer.correlate import Traces
+from tracer.hops import HopKind
+
+Finding = dict[str, Any]
+
+NO_ROUTE = {"IP_OUTNOROUTES", "IP_INNOROUTES", "IP_INADDRERRORS", "NEIGH_FAILED",
+            "NEIGH_QUEUEFULL", "NEIGH_CREATEFAIL", "NEIGH_DEAD", "NEIGH_HH_FILLFAIL"}
+MTU_REASONS = {"PKT_TOO_BIG", "FRAG_REASM_TIMEOUT", "FRAG_TOO_FAR", "DUP_FRAG", "SKB_GSO_SEG"}
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+#: A hop "stands out" when its median is this many times the path's typical hop and at least
+#: OUTLIER_MIN_NS: lab hops take 1-100 us, so only real stalls (ms) are reported.
+OUTLIER_FACTOR = 10.0
+OUTLIER_MIN_NS = 1_000_000
+
+
+def _us(ns: float) -> str:
+    if ns != ns:  # NaN
+        return "?"
+    return f"{ns / 1e6:.2f} ms" if ns >= 1e6 else f"{ns / 1e3:.1f} us"
+
+
+def _drops(tr: Traces) -> pd.DataFrame:
+    """Real drops, one row per dropped packet, with the step before the drop."""
+    h = tr.hops
+    if h.empty:
+        return h
+    d = h[h["is_drop"]]
+    if d.empty:
+        return d
+    prev = h.loc[np.maximum(d.index.to_numpy() - 1, 0)]
+    out = d.assign(prev_hop=prev["hop"].astype(str).to_numpy(),
+                   prev_ifname=prev["ifname"].astype(str).to_numpy(),
+                   prev_label=prev["label"].astype(str).to_numpy())
+    pk = tr.packets.set_index("packet")
+    out["flow"] = pk.loc[out["packet"], "flow"].to_numpy()
+    out["summary"] = pk.loc[out["packet"], "summary"].to_numpy()
+    return out
+
+
+def _flow_names(tr: Traces, flows: Any) -> list[str]:
+    names = tr.flows.set_index("flow")["name"]
+    return [str(names.get(int(f), f)) for f in sorted(set(flows))]
+
+
+def _finding(rule: str, title: str, detail: str, evidence: list[str], packets: int,
+             flows: Any) -> Finding:
+    return {"rule": rule, "title": title, "detail": detail, "evidence": evidence[:8],
+            "packets": int(packets), "flows": sorted({int(f) for f in flows})}
+
+
+def netfilter_drops(tr: Traces, d: pd.DataFrame) -> list[Finding]:
+    out = []
+    nf = d[d["drop_reason"].astype(str) == "NETFILTER_DROP"]
+    for (node, netns, hook), g in nf.groupby(
+            [nf["node"].astype(str), nf["netns"].astype(str), nf["drop_hook"].astype(str)]):
+        conn = _conntrack_like(tr, g, hook)
+        if conn:
+            out.append(conn)
+            continue
+        where = f"the {hook} hook" if hook else "a netfilter hook"
+        cmd = {"FORWARD": "FORWARD", "LOCAL_IN": "INPUT", "LOCAL_OUT": "OUTPUT",
+               "PRE_ROUTING": "PREROUTING", "POST_ROUTING": "POSTROUTING"}.get(hook, "")
+        ev = [f"{len(g)} packet(s) of {', '.join(_flow_names(tr, g['flow']))} dropped with "
+              f"reason NETFILTER_DROP inside nf:{hook or '?'} on {g['prev_ifname'].iloc[0]} "
+              f"(netns {netns}, node {node})"]
+        ev += [f"packet: {s}" for s in g["summary"].head(3)]
+        out.append(_finding(
+            "netfilter-drop",
+            f"A netfilter rule drops packets in {where} of netns {netns} (node {node})",
+            "The kernel reports the hook, not the table or chain. List the rules that apply: "
+            f"ip netns exec {netns} iptables -S {cmd} ; iptables -t mangle -S {cmd} ; "
+            f"nft list ruleset (look for DROP/REJECT matching these packets).",
+            ev, len(g), g["flow"]))
+    return out
+
+
+def _conntrack_like(tr: Traces, g: pd.DataFrame, hook: str) -> Finding | None:
+    """Netfilter drops of mid-connection TCP packets whose connection's SYN passed the same
+    hook: a stateful rule (ctstate INVALID / conntrack table trouble), not a port block."""
+    if hook == "":
+        return None
+    tcp = g[g["proto"] == 6]
+    if tcp.empty or len(tcp) < len(g):
+        return None
+    flows = set(tcp["flow"])
+    p = tr.packets[tr.packets["flow"].isin(flows)]
+    syn_ok = p[(p["fate"] != "dropped") & p["summary"].str.contains(r"\[S\]", regex=True)]
+    if syn_ok.empty:
+        return None
+    netns = str(g["netns"].iloc[0])
+    return _finding(
+        "conntrack",
+        f"Connection tracking rejects established TCP packets in {hook} of netns {netns}",
+        "The connection's SYN passed this hook but later packets were dropped there: a "
+        "stateful rule (-m conntrack --ctstate INVALID -j DROP) or a conntrack entry that "
+        "expired, was flushed or never matched (asymmetric path, NAT on one direction only). "
+        f"Check: ip netns exec {netns} conntrack -L ; conntrack -S (invalid, drop counters).",
+        [f"SYN passed: {s}" for s in syn_ok["summary"].head(1)]
+        + [f"dropped: {s}" for s in g["summary"].head(3)],
+        len(g), g["flow"])
+
+
+def rp_filter(tr: Traces, d: pd.DataFrame) -> list[Finding]:
+    out = []
+    rp = d[d["drop_reason"].astype(str) == "IP_RPFILTER"]
+    for (netns, ifname), g in rp.groupby([rp["netns"].astype(str), rp["ifname"].astype(str)]):
+        srcs = sorted(set(g["src"].astype(str)))
+        out.append(_finding(
+            "rp-filter",
+            f"Reverse-path filter drops packets from {', '.join(srcs[:3])} arriving on "
+            f"{ifname} in netns {netns}",
+            "rp_filter (strict, 1) drops a packet when the route back to its source leaves "
+            "through another interface. Fix the routes (asymmetric path, spoofed or "
+            "unexpected source), or use loose mode: ip netns exec "
+            f"{netns} sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{ifname}."
+            "rp_filter=2",
+            [f"{len(g)} packet(s) dropped with reason IP_RPFILTER on {ifname} (netns {netns}, "
+             f"node {g['node'].iloc[0]})"] + [f"packet: {s}" for s in g["summary"].head(3)],
+            len(g), g["flow"]))
+    return out
+
+
+def no_route(tr: Traces, d: pd.DataFrame) -> list[Finding]:
+    out = []
+    nr = d[d["drop_reason"].astype(str).isin(NO_ROUTE)]
+    for (netns, reason), g in nr.groupby([nr["netns"].astype(str),
+                                          nr["drop_reason"].astype(str)]):
+        neigh = reason.startswith("NEIGH")
+        dsts = sorted(set(g["dst"].astype(str)))
+        out.append(_finding(
+            "neighbour" if neigh else "no-route",
+            (f"Neighbour (ARP/NDP) resolution fails in netns {netns}" if neigh
+             else f"No route in netns {netns} for {', '.join(dsts[:3])}"),
+            ("The next hop's link-layer address could not be resolved: check that the "
+             "gateway/peer answers ARP (ip neigh show), static neighbour/fdb entries "
+             "(VXLAN: bridge fdb show dev <vxlan>), and that the link is up."
+             if neigh else
+             f"Add the missing route: ip netns exec {netns} ip route get <dst> shows what "
+             "the kernel chooses."),
+            [f"{len(g)} packet(s) dropped with reason {reason} on "
+             f"{g['ifname'].iloc[0] or g['prev_ifname'].iloc[0]} (netns {netns})"]
+            + [f"packet: {s}" for s in g["summary"].head(3)],
+            len(g), g["flow"]))
+    ev = tr.events
+    if not ev.empty:
+        c = _icmp_errors(tr, codes=(0, 1, 6, 7))
+        if len(c):
+            out.append(_finding(
+                "no-route", "Destination unreachable (no route or host down) was signalled",
+                "A router or host answered with ICMP destination unreachable "
+                "(net/host unknown or unreachable): check routes towards the quoted "
+                "destination.",
+                [f"ICMP unreachable code {r.code} about {r.q_dst} seen in {r.netns}"
+                 for r in c.head(4).itertuples()], len(c), []))
+    return out
+
+
+def _icmp_errors(tr: Traces, codes: tuple[int, ...], typ: int = 3) -> pd.DataFrame:
+    """Distinct ICMP errors (type ``typ`` with one of ``codes``) seen in the events."""
+    ev = tr.events
+    hdr = tr.headers
+    if ev.empty or hdr is None:
+        return pd.DataFrame()
+    d = ev["dec"].to_numpy()
+    ok = d >= 0
+    c = hdr
+    proto = np.where(ok, c["proto"][np.maximum(d, 0)], 0)
+    ityp = np.where(ok, c["icmp_type"][np.maximum(d, 0)], -1)
+    icode = np.where(ok, c["icmp_code"][np.maximum(d, 0)], -1)
+    sel = (proto == 1) & (ityp == typ) & np.isin(icode, codes)
+    if not sel.any():
+        return pd.DataFrame()
+    rows = ev[sel]
+    dd = d[sel]
+    return pd.DataFrame({"packet": rows["packet"].to_numpy(), "netns": rows["netns"].astype(
+        str).to_numpy(), "code": icode[sel], "q_dst": c["q_dst"][dd],
+        "q_dport": c["q_dport"][dd], "q_proto": c["q_proto"][dd]}).drop_duplicates("packet")
+
+
+def mtu(tr: Traces, d: pd.DataFrame) -> list[Finding]:
+    ev = tr.events
+    evidence: list[str] = []
+    packets = 0
+    flows: list[int] = []
+    md = d[d["drop_reason"].astype(str).isin(MTU_REASONS)]
+    if len(md):
+        evidence.append(f"{len(md)} packet(s) dropped as too big ({', '.join(sorted(set(md['drop_reason'].astype(str))))}) in {', '.join(sorted(set(md['netns'].astype(str))))}")  # noqa: E501
+        packets += len(md)
+        flows += list(md["flow"])
+    # a frame the link's receiver refused: dropped right after its own transmit, and large
+    big = d[(d["prev_label"] == "tx") & (d["prev_ifname"] == d["ifname"].astype(str))
+            & (d["len"] > 1280) & ~d.index.isin(md.index)]
+    if len(big):
+        for (netns, ifname), g in big.groupby([big["netns"].astype(str),
+                                               big["ifname"].astype(str)]):
+            evidence.append(
+                f"{len(g)} frame(s) of {int(g['len'].max())} bytes dropped "
+                f"({g['drop_reason'].iloc[0]}) right after transmit on {ifname} (netns {netns}):"
+                " larger than the MTU of the link's other end")
+        packets += len(big)
+        flows += list(big["flow"])
+    icmp = _icmp_errors(tr, codes=(4,))
+    if len(icmp):
+        for r in icmp.head(3).itertuples():
+            evidence.append(f"ICMP fragmentation needed about {r.q_dst} seen in {r.netns}")
+        packets += len(icmp)
+    if not ev.empty:
+        frag = ev["flags"].astype(str).str.contains("fragment") & (ev["ntun"] > 0)
+        if frag.any():
+            fp = ev.loc[frag, "packet"].unique()
+            ifs = sorted(set(ev.loc[frag, "ifname"].astype(str)) - {""})
+            evidence.append(f"{len(fp)} encapsulated packet(s) fragmented on the underlay "
+                            f"({', '.join(ifs)}): inner MTU + {VXLAN_OVERHEAD} bytes of VXLAN "
+                            "exceeds the underlay MTU")
+            packets += len(fp)
+            flows += list(tr.packets.set_index("packet").loc[fp, "flow"])
+    if not evidence:
+        return []
+    return [_finding(
+        "mtu",
+        "MTU / fragmentation problem on the overlay",
+        f"VXLAN adds {VXLAN_OVERHEAD} bytes: the pod and VXLAN device MTU must be at most the "
+        f"underlay MTU minus {VXLAN_OVERHEAD} on every node, and both ends of a link must "
+        "agree. Compare: ip -d link show (pod eth0, cni0, flannel.1, underlay) on each node; "
+        "large DF packets then fail while small ones (ping) work.",
+        evidence, packets, flows)]
+
+
+def vxlan_no_listener(tr: Traces, d: pd.DataFrame) -> list[Finding]:
+    ports = set()
+    for n in tr.nodes:
+        ports |= {int(p) for p in n.header.get("vxlan_ports", [])}
+    ports |= {4789, 8472, 6784}
+    hdr = tr.headers
+    out = []
+    ns = d[d["drop_reason"].astype(str) == "NO_SOCKET"]
+    if len(ns) and hdr is not None:
+        dec = ns["dec"].to_numpy()
+        ok = dec >= 0
+        ntun = np.where(ok, hdr["ntun"][np.maximum(dec, 0)], 0)
+        odp = np.where(ok, hdr["outer_dport"][np.maximum(dec, 0)], 0)
+        sel = (ntun > 0) | np.isin(odp, list(ports))
+        g = ns[sel]
+        if len(g):
+            used = sorted({int(p) for p in odp[sel] if p})
+            out.append(_finding(
+                "vxlan-port",
+                f"VXLAN packets to UDP port {', '.join(map(str, used))} reach node "
+                f"{g['node'].iloc[0]} but no socket listens there",
+                "The sender's VXLAN destination port differs from the receiver's VXLAN device "
+                "port (or the device is missing/down). Compare ip -d link show <vxlan> "
+                "(dstport) on both nodes.",
+                [f"{len(g)} encapsulated packet(s) dropped with NO_SOCKET in "
+                 f"{g['netns'].iloc[0]} (node {g['node'].iloc[0]})"]
+                + [f"packet: {s}" for s in g["summary"].head(3)],
+                len(g), g["flow"]))
+    pu = _icmp_errors(tr, codes=(3,))
+    if len(pu):
+        pu = pu[np.isin(pu["q_dport"], list(ports)) & (pu["q_proto"] == 17)]
+        if len(pu):
+            out.append(_finding(
+                "vxlan-port", "ICMP port unreachable for VXLAN traffic on the underlay",
+                "A node answered VXLAN packets with port unreachable: nothing listens on that "
+                "UDP port there. Compare the VXLAN devices' dstport on both nodes.",
+                [f"port unreachable about {r.q_dst}:{r.q_dport} seen in {r.netns}"
+                 for r in pu.head(4).itertuples()], len(pu), []))
+    return out
+
+
+def latency_outliers(tr: Traces, paths: dict[int, list[dict[str, Any]]]) -> list[Finding]:
+    """Hops whose median latency stands out from the rest of the path (report paths)."""
+    out = []
+    names = tr.flows.set_index("flow")["name"] if not tr.flows.empty else {}
+    for flow, dirs in paths.items():
+        for p in dirs:
+            hops = [h for h in p["hops"] if h["hop"] != str(HopKind.FREED)
+                    and h["latency_ns"]["p50"] is not None and h["index"] > 0
+                    and not (h["cross_node"] and h["uncertainty_ns"] is None)]
+            if len(hops) < 3:
+                continue
+            med = float(np.median([h["latency_ns"]["p50"] for h in hops]))
+            total = sum(h["latency_ns"]["p50"] for h in hops) or 1
+            for h in hops:
+                v = h["latency_ns"]["p50"]
+                if v >= OUTLIER_MIN_NS and v >= OUTLIER_FACTOR * max(med, 1):
+                    out.append(_finding(
+                        "latency",
+                        f"Hop {h['label']} on {h['ifname'] or '-'} ({h['netns']}) stands out in "
+                        f"{names.get(flow, flow)} ({p['direction']})",
+                        "This hop takes most of the path's time: look for queueing (qdisc, "
+                        "tc netem/tbf), CPU contention or a slow netfilter rule set at this "
+                        "point.",
+                        [f"p50 {_us(v)} vs {_us(med)} for a typical hop on this path, "
+                         f"{100 * v / total:.0f}% of the path; p90 "
+                         f"{_us(h['latency_ns']['p90'])} over {h['packets']} packet(s)"],
+                        h["packets"], [flow]))
+    return out
+
+
+def diagnose(tr: Traces, paths: dict[int, list[dict[str, Any]]]) -> list[Finding]:
+    """All findings, most actionable first."""
+    d = _drops(tr)
+    if d.empty:
+        d = pd.DataFrame(columns=["drop_reason", "node", "netns", "drop_hook", "flow",
+                                  "prev_ifname", "prev_label", "ifname", "len", "summary",
+                                  "src", "dst", "proto", "dec"])
+    out: list[Finding] = []
+    for rule in (netfilter_drops, rp_filter, no_route, mtu, vxlan_no_listener):
+        out += rule(tr, d)
+    out += latency_outliers(tr, paths)
+    return out
