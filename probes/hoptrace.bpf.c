@@ -80,6 +80,7 @@ struct scratch {
 	struct ht_event ev;
 	__u32 f[HT_F_MAX];
 	__u32 ident;
+	__u32 id_off; /* offset in hdr of 8 bytes that tell this packet from the next (see nomatch) */
 };
 
 struct {
@@ -179,6 +180,7 @@ __noinline int ht_parse_level(struct scratch *s, __u32 off)
 		ipid = rd16(b, off + 4, len);
 		frag = rd16(b, off + 6, len) & 0x3fff; /* MF + offset */
 		f[HT_F_L3] = 4;
+		s->id_off = off + 4; /* IP ID, fragment word, TTL, protocol (but see below) */
 		f[HT_F_SADDR0] = rd32(b, off + 12);
 		f[HT_F_DADDR0] = rd32(b, off + 16);
 		f[HT_F_SADDR1] = f[HT_F_SADDR2] = f[HT_F_SADDR3] = 0;
@@ -225,6 +227,13 @@ __noinline int ht_parse_level(struct scratch *s, __u32 off)
 		return -1;
 	}
 	f[HT_F_PROTO] = proto;
+	/* L4 bytes 4-11: TCP seq and ack; UDP length, checksum and payload; ICMP id, seq and
+	 * payload. They tell datagrams of one socket apart where the IP ID does not (an
+	 * unconnected UDP socket sends DF packets with ID 0, and IPv6 has none). */
+	if (l4 + 12 <= len)
+		s->id_off = l4 + 4;
+	else if (f[HT_F_L3] == 6)
+		s->id_off = off; /* flow label and payload length */
 	s->ev.flags |= HT_EF_PARSED;
 	if (frag)
 		s->ev.flags |= HT_EF_FRAG;
@@ -395,18 +404,24 @@ struct hook_info {
 #define RD(direct, plain, ...) ((direct) ? (plain) : BPF_CORE_READ(__VA_ARGS__))
 
 /*
- * The no-match cache: per CPU, direct-mapped by skb address, the (skb, skb->head) pairs whose
- * filter decision was "no". The decision is made once, at the first probe point a packet
- * reaches; every later point on the same CPU (a packet's whole path through veth, bridge and
- * VXLAN stays on one CPU unless RPS moves it) answers from here with one array load instead of
- * copying and parsing headers again. skb->head joins the key because skb addresses are reused:
- * a reused sk_buff gets a new data buffer. kfree_skb/consume_skb clear the slot.
+ * The no-match cache: per CPU, direct-mapped by skb address, the packets whose filter decision
+ * was "no". The decision is made once, at the first probe point a packet reaches; every later
+ * point on the same CPU (a packet's whole path through veth, bridge and VXLAN stays on one CPU
+ * unless RPS moves it) answers from here instead of copying and parsing headers again.
+ * sk_buffs and their data buffers are both reused, LIFO, and not every free has a tracepoint
+ * (__kfree_skb, GRO merges), so a slot names the packet three ways: skb address, skb->head
+ * (without it, stale bytes of a freed buffer would be compared), and 8 bytes of the innermost
+ * headers read back at their kernel address (L4 bytes 4-11, or the IPv4 ID word). Encapsulation
+ * leaves those bytes where they were; when NAT or routing changes them, the only cost is a new
+ * decision. kfree_skb/consume_skb clear the slot.
  */
 #define HT_NOMATCH_SLOTS 1024
 
 struct nomatch_slot {
 	__u64 skb;
 	__u64 head;
+	__u64 id_addr; /* kernel address of the identity bytes */
+	__u64 id_val;
 };
 
 struct {
@@ -456,9 +471,13 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi, con
 	/* Decided "no" already: the common case for traffic the user did not ask about. */
 	nm = nomatch_slot(key);
 	if (nm && nm->skb == key && nm->head == (__u64)head) {
-		if (is_free)
-			nm->skb = 0;
-		return 0;
+		__u64 v;
+
+		if (!bpf_probe_read_kernel(&v, sizeof(v), (void *)nm->id_addr) && v == nm->id_val) {
+			if (is_free)
+				nm->skb = 0;
+			return 0;
+		}
 	}
 
 	tr = bpf_map_lookup_elem(&tracks, &key);
@@ -519,10 +538,14 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi, con
 		if (hi->probe == HT_PROBE_CONSUME_SKB)
 			return 0;
 		if (!ht_filter(s)) {
-			/* remember "no" only for a decision taken on real headers */
-			if (nm && hlen && !is_free) {
+			/* remember "no" only for a decision taken on parsed headers */
+			__u32 io = s->id_off;
+			if (nm && !is_free && (e->flags & HT_EF_PARSED) && io <= HT_HDR_LEN - 8 &&
+			    io + 8 <= hlen) {
 				nm->skb = key;
 				nm->head = (__u64)head;
+				nm->id_addr = (__u64)head + start + io;
+				__builtin_memcpy(&nm->id_val, &e->hdr[io], 8);
 			}
 			return 0;
 		}

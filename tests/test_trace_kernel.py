@@ -216,6 +216,35 @@ def test_filter_matching_nothing_yields_no_events(vxlan_lab: Lab, tmp_path: Path
     assert trace.summary["events"] == 0
 
 
+def test_no_match_decisions_never_hide_a_matching_packet(vxlan_lab: Lab, tmp_path: Path) -> None:
+    """The kernel remembers "no match" per skb (the no-match cache); sk_buffs and their data are
+    reused LIFO, so a matching packet sent right after a rejected one often lands in the same
+    memory. Interleave them on one socket and path: every matching packet must be traced."""
+    lab = vxlan_lab
+    b1, n = lab.addr("b1"), 150
+    with tracing(tmp_path, "udp dst port 7001", "--netns", lab_netns(lab)) as run:
+        sent = lab.exec(
+            "a1",
+            [
+                "timeout", "10", "python3", "-c",
+                "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                f"for i in range({n}):\n"
+                f"    s.sendto(b'no' * 20, ('{b1}', 7000)); s.sendto(b'yes%05d' % i, ('{b1}', 7001))\n"
+                "    time.sleep(0.002)",
+            ],
+            timeout=15,
+        )
+        assert sent.returncode == 0, sent.stderr
+        time.sleep(0.3)
+        trace = run.stop()
+    assert trace.summary["lost"] == {}
+    chains = [c for c in chains_of(trace) if c.first.decoded and c.first.decoded.inner]
+    assert {c.first.decoded.inner.dport for c in chains} == {7001}
+    at_b1 = [c for c in chains if (lab.netns("b1"), "eth0", HopKind.POD_RX) in hops(c)]
+    assert len(at_b1) == n, f"{len(at_b1)} of {n} matching datagrams traced to b1"
+    assert len({c.first.decoded.inner.ip_id for c in at_b1}) == n
+
+
 def test_count_stops_after_n_packets(vxlan_lab: Lab, tmp_path: Path) -> None:
     lab = vxlan_lab
     out = tmp_path / "t.jsonl"
