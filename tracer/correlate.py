@@ -344,8 +344,8 @@ class _Correlator:
         ev = self.ev
         if ev.empty:
             return Traces(self.nodes, ev, *(pd.DataFrame() for _ in range(3)), {})
-        ev.sort_values(["file", "track", "ts_ns"], inplace=True, kind="stable")
-        ev.reset_index(drop=True, inplace=True)
+        ev = self.ev = ev.sort_values(["file", "track", "ts_ns"], kind="stable").reset_index(
+            drop=True)
         seg = (ev["file"].to_numpy(np.int64) << 48) + ev["track"].to_numpy(np.int64)
         self.seg = pd.factorize(seg, sort=False)[0].astype(np.int64)
         ev["segment"] = self.seg
@@ -626,8 +626,8 @@ class _Correlator:
                                    "drop_reason", "drop_hook", "is_drop", "is_free", "benign",
                                    "len", "src", "dst", "proto", "dec"]].copy()
         h["depth"] = depth[h["segment"].to_numpy()]
-        h.sort_values(["packet", "depth", "ts_ns"], inplace=True, kind="stable")
-        h.reset_index(inplace=True, names="event")
+        h = h.sort_values(["packet", "depth", "ts_ns"], kind="stable").reset_index(
+            names="event")
         pk = h["packet"].to_numpy()
         t = h["t_ns"].to_numpy(np.int64)
         first = np.r_[True, pk[1:] != pk[:-1]]

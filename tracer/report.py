@@ -209,18 +209,20 @@ def render_text(rep: dict[str, Any], md: bool = False) -> str:
     for n in t["nodes"]:
         probes = ", ".join(f"{p['point']}({p['mechanism'] or 'none'})" for p in n["probes"])
         lost = ", ".join(f"{k} {v}" for k, v in n["lost"].items()) or "none"
-        L.append(f"{'- ' if md else ''}node {n['node']} ({n['hostname']}, kernel {n['kernel']}):"
-                 f" filter '{n['filter'] or 'all'}', {n['events']} events in "
-                 f"{n['duration_s']}s, lost: {lost}")
+        L.extend(textwrap.wrap(
+            f"{'- ' if md else ''}node {n['node']} ({n['hostname']}, kernel {n['kernel']}): "
+            f"filter '{n['filter'] or 'all'}', {n['events']} events in {n['duration_s']}s, "
+            f"lost: {lost}", 78, subsequent_indent="  "))
         L.extend(textwrap.wrap(f"netns: {', '.join(n['netns'])}", 78, initial_indent="  ",
                                subsequent_indent="    "))
         L.extend(textwrap.wrap(f"probes: {probes}", 78, initial_indent="  ",
                                subsequent_indent="    "))
     for c in t["clocks"]:
         L.append(f"{'- ' if md else ''}clock {_clock_text(c)}")
-    L.append(f"{t['packets']} packets in {t['flows']} flows over {us(t['span_ns'])}"
-             + (f"; LOST {t['lost_events']} events: results are incomplete"
-                if t["lost_events"] else ""))
+    L.extend(textwrap.wrap(
+        f"{t['packets']} packets in {t['flows']} flows over {us(t['span_ns'])}"
+        + (f"; LOST {t['lost_events']} events: results are incomplete"
+           if t["lost_events"] else ""), 78))
     L.append("")
     h1("Diagnosis")
     if not rep["diagnosis"]:
@@ -258,18 +260,18 @@ def render_text(rep: dict[str, Any], md: bool = False) -> str:
             L.append(f"{p['direction']} ({p['packets']} packets):")
             if code:
                 L.append(code)
-            L.append(f"{'#':>3} {'node':<5} {'netns':<14} {'device':<10} {'hop':<14} "
+            L.append(f"{'#':>3} {'node':<4} {'netns':<11} {'device':<10} {'hop':<13} "
                      f"{'p50':>8} {'p90':>8} {'p99':>8}")
             for hp in p["hops"]:
                 q = hp["latency_ns"]
                 mark = ""
                 if hp["cross_node"]:
                     unc = hp["uncertainty_ns"]
-                    mark = " +/-" + (us(unc) if unc is not None else "?")
+                    mark = " +-" + (us(unc) if unc is not None else "?")
                 if hp["clamped"]:
                     mark += " (clamped)"
-                L.append(f"{hp['index']:>3} {hp['node'][:5]:<5} {hp['netns'][:14]:<14} "
-                         f"{hp['ifname'][:10]:<10} {_hop_name(hp)[:14]:<14} "
+                L.append(f"{hp['index']:>3} {hp['node'][:4]:<4} {hp['netns'][-11:]:<11} "
+                         f"{hp['ifname'][:10]:<10} {_hop_name(hp)[:13]:<13} "
                          f"{us(q['p50']):>8} {us(q['p90']):>8} {us(q['p99']):>8}{mark}")
                 if hp["change"]:
                     L.append(f"{'':>9}{hp['change']}")
@@ -284,8 +286,9 @@ def render_text(rep: dict[str, Any], md: bool = False) -> str:
         L.append(f"{'- ' if md else ''}{d['packets']} x {d['reason']}{inside} in {d['netns']} "
                  f"(node {d['node']}) after {d['after']}")
     if rep["benign_frees"]:
-        L.append("not drops (normal end of life): " + ", ".join(
-            f"{b['reason']} x{b['packets']} in {b['netns']}" for b in rep["benign_frees"]))
+        L.extend(textwrap.wrap("not drops (normal end of life): " + ", ".join(
+            f"{b['reason']} x{b['packets']} in {b['netns']}" for b in rep["benign_frees"]),
+            78, subsequent_indent="  "))
     return "\n".join(L).rstrip() + "\n"
 
 
