@@ -25,9 +25,11 @@ from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
 
 from tracer.errors import LabError
-from tracer.lab.spec import Topology
+from tracer.lab import procs
+from tracer.lab.spec import Topology, Tunnel
 
 NETNS_DIR = "/run/netns"
+FALLBACK_TUNNELS = ("tunl0", "gre0")  # made in every netns by the ipip / ip_gre modules
 COMMAND_TIMEOUT = 15.0  # seconds for each sysctl/iptables/nft call
 
 
@@ -154,6 +156,7 @@ class Applier:
             self.add_neighbours,
             self.apply_sysctls,
             self.run_commands,
+            self.start_daemons,
         ]
 
     def create_namespaces(self) -> None:
@@ -187,6 +190,32 @@ class Applier:
                 if v.peer_ns != v.ns:
                     peer["net_ns_fd"] = self.name(v.peer_ns)
                 self.ipr(v.ns).link("add", ifname=v.ifname, kind="veth", peer=peer)
+        for tun in t.tuns:
+            with step(f"add tun {tun.ifname} in {self.name(tun.ns)}"):
+                self.ipr(tun.ns).link("add", ifname=tun.ifname, kind="tuntap", mode="tun")
+        for d in t.dummies:
+            with step(f"add dummy {d.ifname} in {self.name(d.ns)}"):
+                self.ipr(d.ns).link("add", ifname=d.ifname, kind="dummy")
+        for tn in t.tunnels:
+            if tn.ifname in FALLBACK_TUNNELS and self.ipr(tn.ns).link_lookup(ifname=tn.ifname):
+                continue  # the module's fallback device (tunl0, gre0): Calico uses it as is
+            with step(f"add {tn.kind} {tn.ifname} in {self.name(tn.ns)}"):
+                self.ipr(tn.ns).link("add", ifname=tn.ifname, kind=tn.kind, **self._tunnel(tn))
+        for m in t.macvlans:
+            with step(f"add {m.kind} {m.ifname} in {self.name(m.ns)}"):
+                mode: dict[str, Any] = (
+                    {"macvlan_mode": m.mode}
+                    if m.kind == "macvlan"
+                    else {"ipvlan_mode": ("l2", "l3", "l3s").index(m.mode)}
+                )
+                self.ipr(m.parent_ns).link(
+                    "add",
+                    ifname=m.ifname,
+                    kind=m.kind,
+                    link=self.index(m.parent_ns, m.parent),
+                    net_ns_fd=self.name(m.ns),
+                    **mode,
+                )
         for x in t.vxlans:
             with step(f"add vxlan {x.ifname} in {self.name(x.ns)}"):
                 self.ipr(x.ns).link(
@@ -200,6 +229,23 @@ class Applier:
                     vxlan_learning=int(x.learning),
                 )
 
+    def _tunnel(self, tn: Tunnel) -> dict[str, Any]:
+        """pyroute2 attributes of an ipip/gre/geneve device."""
+        if tn.kind == "geneve":
+            kw: dict[str, Any] = {"geneve_id": tn.vni, "geneve_remote": tn.remote}
+            if tn.port:
+                kw["geneve_port"] = tn.port
+            return kw
+        key = "ipip" if tn.kind == "ipip" else "gre"
+        kw = {}
+        if tn.local:
+            kw[f"{key}_local"] = tn.local
+        if tn.remote:
+            kw[f"{key}_remote"] = tn.remote
+        if tn.underlay:
+            kw[f"{key}_link"] = self.index(tn.ns, tn.underlay)
+        return kw
+
     def configure_links(self) -> None:
         """MACs and MTUs, bridge ports, then every interface (and lo) up."""
         t = self.topo
@@ -209,6 +255,9 @@ class Applier:
             settings.append((v.peer_ns, v.peer_ifname, v.peer_mac, v.mtu))
         settings += [(b.ns, b.ifname, b.mac, b.mtu) for b in t.bridges]
         settings += [(x.ns, x.ifname, x.mac, x.mtu) for x in t.vxlans]
+        settings += [(x.ns, x.ifname, None, x.mtu) for x in t.tuns]
+        settings += [(m.ns, m.ifname, m.mac, m.mtu) for m in t.macvlans]
+        settings += [(x.ns, x.ifname, x.mac, x.mtu) for x in t.tunnels]
         for ns, ifname, mac, mtu in settings:
             attrs: dict[str, Any] = {}
             if mac:
@@ -226,6 +275,14 @@ class Applier:
             for ifname in ("lo", *t.interfaces(short)):
                 with step(f"set {ifname} up in {self.name(short)}"):
                     self.ipr(short).link("set", index=self.index(short, ifname), state="up")
+        # A veth gets its carrier when its peer comes up, but the operational state a bridge
+        # port waits for is set later by linkwatch, which batches events for up to a second:
+        # the first packets over a port would be lost. RTM_GETLINK on one device syncs its
+        # pending linkwatch event now (rtnl_getlink -> linkwatch_sync_dev).
+        for short in (n.short for n in t.namespaces):
+            for ifname in t.interfaces(short):
+                with step(f"get {ifname} in {self.name(short)}"):
+                    self.ipr(short).link("get", index=self.index(short, ifname))
 
     def add_addresses(self) -> None:
         for a in self.topo.addresses:
@@ -247,6 +304,10 @@ class Applier:
                 kw["oif"] = self.index(r.ns, r.ifname)
             if r.onlink:
                 kw["flags"] = RTNH_F_ONLINK
+            if r.scope == "link":
+                kw["scope"] = 253  # RT_SCOPE_LINK, what `ip route add X dev Y` picks
+            if r.type == "blackhole":
+                kw["type"] = "blackhole"
             with step(f"add route {r.dst} via {r.gateway} in {self.name(r.ns)}"):
                 self.ipr(r.ns).route("add", **kw)
 
@@ -280,6 +341,9 @@ class Applier:
                     raise LabError(
                         f"sysctl {key}={want} did not take effect in {name} (reads {have!r})"
                     )
+
+    def start_daemons(self) -> None:
+        procs.start(self.topo.daemons, self.prefix, procs.state_dir(self.prefix, self.topo.name))
 
     def run_commands(self) -> None:
         for c in self.topo.commands:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 
 from tracer.errors import LabError
+from tracer.lab import features, procs
 from tracer.lab.apply import Applier, existing_namespaces, remove_namespaces, require_root
+from tracer.lab.describe import describe
 from tracer.lab.spec import Namespace, Topology
 
 DEFAULT_PREFIX = "htlab-"
@@ -63,25 +66,48 @@ class Lab:
         """True if every namespace of the lab exists."""
         return len(self.present()) == len(self.topology.namespaces)
 
+    @property
+    def state_dir(self) -> Path:
+        """Where the lab's daemons' pid files and its fault record live."""
+        return procs.state_dir(self.prefix, self.name)
+
+    def missing_features(self) -> list[str]:
+        """Kernel features this lab needs that the running kernel lacks (probed)."""
+        require_root()
+        return features.missing(self.topology.features(), self.prefix)
+
     def up(self, rollback: bool = True) -> None:
         """Build the lab. On failure raise LabError and, with ``rollback``, delete what
-        this call created (never namespaces that existed before it)."""
+        this call created (never namespaces that existed before it).
+
+        A lab needing a device kind or IPVS the kernel lacks fails before anything is
+        built, naming the feature and its config option."""
         require_root()
+        lacking = self.missing_features()
+        if lacking:
+            raise LabError(features.describe_missing(self.name, lacking))
         applier = Applier(self.topology, self.prefix)
         try:
             applier.run()
         except BaseException:
             if rollback:
+                procs.stop(self.state_dir)
                 remove_namespaces(applier.created)
+                procs.forget(self.state_dir)
             raise
 
     def down(self) -> list[str]:
-        """Delete every namespace of the lab that exists; return the names deleted.
+        """Stop the lab's daemons, delete every namespace of the lab that exists, forget
+        its faults; return the namespace names deleted.
 
-        Works on a half-built lab too: all state lives inside the lab's namespaces.
+        Works on a half-built lab too: all state lives inside the lab's namespaces, its
+        daemons and its state directory.
         """
         require_root()
-        return remove_namespaces(self.namespaces())
+        procs.stop(self.state_dir)
+        removed = remove_namespaces(self.namespaces())
+        procs.forget(self.state_dir)
+        return removed
 
     def exec(
         self, short: str, argv: Sequence[str], timeout: float = 30.0, check: bool = False
@@ -103,15 +129,8 @@ class Lab:
         return proc
 
     def describe(self) -> str:
-        """An ASCII picture of the lab plus its namespaces and addresses."""
-        lines = [f"{self.name}: {self.topology.summary}", self.topology.picture.rstrip("\n"), ""]
-        lines.append(f"{'namespace':<24} {'role':<5} {'address':<15} on")
-        for ns in self.topology.namespaces:
-            lines.append(
-                f"{self.prefix + ns.short:<24} {ns.role:<5} {ns.addr or '-':<15} "
-                f"{self.prefix + ns.node if ns.node else '-'}"
-            )
-        return "\n".join(lines) + "\n"
+        """An ASCII picture of the lab, its namespaces, and each one's devices."""
+        return describe(self.topology, self.prefix)
 
     def __enter__(self) -> Lab:
         self.up()

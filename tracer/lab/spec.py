@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Role = Literal["node", "pod"]
+Role = Literal["node", "pod", "net"]  # net: the underlay "physical network" (a switch)
 
 
 @dataclass(frozen=True, slots=True)
 class Namespace:
-    """One network namespace: a node (a host's root netns) or a pod."""
+    """One network namespace: a node (a host's root netns), a pod, or the underlay network."""
 
     short: str
     role: Role
@@ -64,6 +64,67 @@ class Vxlan:
 
 
 @dataclass(frozen=True, slots=True)
+class Tun:
+    """A persistent TUN device (Flannel's ``flannel0``); a :class:`Daemon` attaches to it."""
+
+    ns: str
+    ifname: str
+    mtu: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Macvlan:
+    """A macvlan (or ipvlan) child of ``parent`` in ``parent_ns``, created inside ``ns``.
+
+    This is how the macvlan/ipvlan CNI plugins give a pod an interface on the node's
+    network: the child lives in the pod, its parent stays on the node.
+    """
+
+    ns: str
+    ifname: str
+    parent_ns: str
+    parent: str
+    mode: str = "bridge"  # macvlan: bridge/private/vepa/passthru; ipvlan: l2/l3/l3s
+    kind: Literal["macvlan", "ipvlan"] = "macvlan"
+    mac: str | None = None
+    mtu: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    """A point-to-point or Geneve tunnel device: ``ipip``, ``gre`` or ``geneve``.
+
+    ``remote`` is the far end (Geneve: the remote VTEP); ``vni``/``port`` are Geneve's.
+    """
+
+    ns: str
+    ifname: str
+    kind: Literal["ipip", "gre", "geneve"]
+    local: str | None = None
+    remote: str | None = None
+    underlay: str | None = None
+    vni: int | None = None
+    port: int | None = None
+    mac: str | None = None
+    mtu: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Daemon:
+    """A small bounded user-space process that is part of the lab (``tracer/lab/daemons``).
+
+    ``program`` names a stdlib-only script in tracer/lab/daemons/ (``udpfwd``: Flannel's UDP
+    backend; ``echo``: a TCP server answering with its name). It runs inside ``ns``, writes
+    a pid file under /run/hoptrace/labs/PREFIX/ when ready, exits by itself when its
+    namespace is deleted or its lifetime ends, and ``down`` kills it first.
+    """
+
+    ns: str
+    program: Literal["udpfwd", "echo"]
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Port:
     """Enslave ``ifname`` to the bridge ``bridge`` (both in ``ns``)."""
 
@@ -90,6 +151,8 @@ class Route:
     gateway: str | None = None
     ifname: str | None = None
     onlink: bool = False
+    scope: Literal["universe", "link"] = "universe"  # link: a directly attached /32 (Calico)
+    type: Literal["unicast", "blackhole"] = "unicast"  # blackhole: a node's own block (BIRD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +193,50 @@ class Command:
     stdin: str | None = None  # e.g. a ruleset for iptables-restore / nft -f -
 
 
+#: MACs a lab may give several devices on purpose (Calico: every host-side cali veth).
+SHARED_MACS = frozenset({"ee:ee:ee:ee:ee:ee"})
+
+#: Kernel features a lab may need beyond namespaces and veth, with the config option that
+#: provides each (named in the error when it is missing).
+FEATURE_CONFIG = {
+    "bridge": "CONFIG_BRIDGE",
+    "vxlan": "CONFIG_VXLAN",
+    "tuntap": "CONFIG_TUN",
+    "macvlan": "CONFIG_MACVLAN",
+    "ipvlan": "CONFIG_IPVLAN",
+    "ipip": "CONFIG_NET_IPIP",
+    "gre": "CONFIG_NET_IPGRE",
+    "geneve": "CONFIG_GENEVE",
+    "dummy": "CONFIG_DUMMY",
+    "ipvs": "CONFIG_IP_VS",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Dummy:
+    """A dummy device (kube-proxy's ``kube-ipvs0`` holds Service addresses on one)."""
+
+    ns: str
+    ifname: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultTargets:
+    """Where a lab's faults aim (see :mod:`tracer.lab.faults`). Short names throughout.
+
+    ``pair`` is the cross-node (client, server) pod pair the faults break; ``loose_rpf``
+    the (node, interface) whose path needs rp_filter loose; ``service_chain`` the iptables
+    chain that holds the Service rule (kube-proxy's KUBE-SERVICES), on ``pair[0]``'s node.
+    """
+
+    pair: tuple[str, str] | None = None
+    loose_rpf: tuple[str, str] | None = None
+    rpf_client: str | None = None  # who sends on the path that needs loose rp_filter
+    service_chain: str | None = None
+    service: str | None = None  # "10.96.0.10:80" for kube-proxy
+    drop_in_pod: bool = False  # the path skips the nodes' IP stack (macvlan): drop in the pod
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     """A whole lab: what to build, plus a picture for ``describe``."""
@@ -140,6 +247,10 @@ class Topology:
     veths: tuple[Veth, ...] = ()
     bridges: tuple[Bridge, ...] = ()
     vxlans: tuple[Vxlan, ...] = ()
+    tuns: tuple[Tun, ...] = ()
+    macvlans: tuple[Macvlan, ...] = ()
+    tunnels: tuple[Tunnel, ...] = ()
+    dummies: tuple[Dummy, ...] = ()
     ports: tuple[Port, ...] = ()
     addresses: tuple[Address, ...] = ()
     routes: tuple[Route, ...] = ()
@@ -147,7 +258,27 @@ class Topology:
     fdb: tuple[Fdb, ...] = ()
     sysctls: tuple[Sysctl, ...] = ()
     commands: tuple[Command, ...] = ()
+    daemons: tuple[Daemon, ...] = ()
+    requires: tuple[str, ...] = ()  # features beyond the devices' kinds (e.g. "ipvs")
+    faults: FaultTargets = field(default_factory=FaultTargets)
     picture: str = field(default="", compare=False)
+    notes: str = field(default="", compare=False)  # extra lines for describe
+
+    def features(self) -> tuple[str, ...]:
+        """Kernel features this lab needs (keys of FEATURE_CONFIG), in a stable order."""
+        need: list[str] = []
+        if self.bridges:
+            need.append("bridge")
+        if self.vxlans:
+            need.append("vxlan")
+        if self.tuns:
+            need.append("tuntap")
+        need += [m.kind for m in self.macvlans]
+        need += [t.kind for t in self.tunnels]
+        if self.dummies:
+            need.append("dummy")
+        need += list(self.requires)
+        return tuple(dict.fromkeys(need))
 
     def namespace(self, short: str) -> Namespace:
         """The namespace called ``short``; KeyError if there is none."""
@@ -166,6 +297,10 @@ class Topology:
                 names.append(veth.peer_ifname)
         names += [b.ifname for b in self.bridges if b.ns == ns]
         names += [v.ifname for v in self.vxlans if v.ns == ns]
+        names += [t.ifname for t in self.tuns if t.ns == ns]
+        names += [m.ifname for m in self.macvlans if m.ns == ns]
+        names += [t.ifname for t in self.tunnels if t.ns == ns]
+        names += [d.ifname for d in self.dummies if d.ns == ns]
         return tuple(names)
 
     def problems(self) -> list[str]:
@@ -187,6 +322,8 @@ class Topology:
         uses: list[tuple[str, str, str]] = [(p.ns, p.ifname, "port") for p in self.ports]
         uses += [(p.ns, p.bridge, "port bridge") for p in self.ports]
         uses += [(x.ns, x.underlay, "vxlan underlay") for x in self.vxlans]
+        uses += [(m.parent_ns, m.parent, f"{m.kind} parent") for m in self.macvlans]
+        uses += [(t.ns, t.underlay, f"{t.kind} underlay") for t in self.tunnels if t.underlay]
         uses += [(a.ns, a.ifname, f"address {a.cidr}") for a in self.addresses]
         uses += [(r.ns, r.ifname, f"route {r.dst}") for r in self.routes if r.ifname]
         uses += [(n.ns, n.ifname, f"neighbour {n.dst}") for n in self.neighbours]
@@ -198,9 +335,16 @@ class Topology:
                 found.append(f"{what}: no interface {ifname} in {where}")
         others = [r.ns for r in self.routes] + [s.ns for s in self.sysctls]
         others += [c.ns for c in self.commands] + [v.peer_ns for v in self.veths]
+        others += [d.ns for d in self.daemons]
+        pair = self.faults.pair or ()
+        others += [*pair, *(self.faults.loose_rpf or ())[:1]]
+        others += [self.faults.rpf_client] if self.faults.rpf_client else []
+        unknown = set(self.features()) - set(FEATURE_CONFIG)
+        found += [f"unknown feature {f}" for f in sorted(unknown)]
         found += [f"unknown namespace {ns}" for ns in sorted(set(others) - set(shorts))]
         macs = [v.mac for v in self.veths] + [v.peer_mac for v in self.veths]
         macs += [b.mac for b in self.bridges] + [x.mac for x in self.vxlans]
-        named = [m for m in macs if m]
+        macs += [m.mac for m in self.macvlans] + [t.mac for t in self.tunnels]
+        named = [m for m in macs if m and m not in SHARED_MACS]
         found += [f"MAC {m} used twice" for m in sorted(set(named)) if named.count(m) > 1]
         return found
