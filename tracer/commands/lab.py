@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 
-from tracer.errors import LabError, UsageError
-from tracer.lab import DEFAULT_PREFIX, LABS, get_lab
+from tracer.errors import HoptraceError, LabError, UsageError
+from tracer.lab import DEFAULT_PREFIX, LABS, Lab, faults, get_lab
 
 EPILOG = """\
 examples:
@@ -20,6 +20,16 @@ examples:
   hoptrace lab up two-node-vxlan --prefix mine-     # a second copy beside the first
   hoptrace lab down two-node-vxlan --prefix mine-
   hoptrace lab down two-node-vxlan
+  hoptrace lab up kube-proxy
+  hoptrace lab exec kube-proxy a1 -- python3 -c "import urllib.request as u; \
+      print(u.urlopen('http://10.96.0.10/', timeout=2).read())"
+  hoptrace lab fault kube-proxy list              # the faults this lab offers
+  hoptrace lab fault kube-proxy iptables-drop     # b1's node drops packets to b1
+  hoptrace lab fault kube-proxy slow-rules --rules 5000
+  hoptrace lab fault kube-proxy clear             # undo exactly what was injected
+
+faults: iptables-drop, nft-drop (--hook CHAIN), wrong-fdb, mtu (--mtu N), rp-filter,
+no-route, slow-rules (--rules N); see docs/labs.md.
 """
 
 
@@ -54,6 +64,26 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     with_prefix(sub.add_parser("describe", help="a picture of a lab")).add_argument(
         "name", choices=labs
     )
+    fault = with_prefix(
+        sub.add_parser(
+            "fault",
+            help="inject a fault into a running lab, list them, or clear them",
+            description="Inject a fault into a running lab (recorded under "
+            "/run/hoptrace/labs), 'list' what the lab offers and what is active, or "
+            "'clear' to undo exactly the recorded faults. Faults aim at the lab's "
+            "cross-node pod pair (a1 -> b1).",
+        )
+    )
+    fault.add_argument("name", choices=labs)
+    fault.add_argument(
+        "kind",
+        choices=[*faults.KINDS, "list", "clear"],
+        metavar="KIND",
+        help=f"one of {', '.join(faults.KINDS)}, or list, clear",
+    )
+    fault.add_argument("--hook", help="iptables-drop/nft-drop: the chain (default FORWARD)")
+    fault.add_argument("--rules", type=int, default=5000, help="slow-rules: how many (5000)")
+    fault.add_argument("--mtu", type=int, default=1500, help="mtu: the pod's MTU (1500)")
     ex = with_prefix(
         sub.add_parser(
             "exec",
@@ -78,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     if action == "describe":
         print(lab.describe(), end="")
         return 0
+    if action == "fault":
+        return _fault(lab, args)
     if action == "up":
         start = time.monotonic()
         lab.up()
@@ -90,6 +122,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     prefix, cmd = _split_exec(args.prefix, args.cmd)
     return _exec(lab.name, prefix, args.pod, cmd)
+
+
+def _fault(lab: Lab, args: argparse.Namespace) -> int:
+    if args.kind == "list":
+        for kind in faults.KINDS:
+            try:
+                what = faults.plan(lab, kind, args.hook, args.rules, args.mtu).summary
+            except HoptraceError as exc:
+                what = f"(not here: {exc})"
+            print(f"{kind:<14} {what}")
+        for f in faults.active(lab):
+            print(f"active: {f.summary}")
+        return 0
+    if args.kind == "clear":
+        undone = faults.clear(lab)
+        print(f"lab {lab.name}: cleared {', '.join(f.kind for f in undone) or 'nothing'}")
+        return 0
+    fault = faults.plan(lab, args.kind, args.hook, args.rules, args.mtu)
+    faults.inject(lab, fault)
+    print(fault.summary)
+    return 0
 
 
 def _list(prefix: str) -> int:
