@@ -18,7 +18,7 @@ import struct
 from collections.abc import Sequence
 from typing import BinaryIO
 
-_EPB = struct.Struct("<IIIIIII")  # type, total length, interface, ts high, ts low, caplen, len
+_EPB = struct.Struct("<IIIIIII").pack  # type, total length, interface, ts high, ts low, caplen, len
 _OPT = struct.Struct("<HH").pack
 _U32 = struct.Struct("<I").pack
 _END = b"\x00\x00\x00\x00"  # opt_endofopt
@@ -41,6 +41,7 @@ class PcapngWriter:
         self.fp = fp
         self.interfaces = 0
         self.packets = 0
+        self._pending: list[bytes] = []
         shb = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)  # byte order, v1.0, length unknown
         opts = _option(4, application.encode()) + _END
         fp.write(_block(0x0A0D0D0A, shb + opts))
@@ -50,21 +51,40 @@ class PcapngWriter:
         opts = _option(9, b"\x09")  # if_tsresol: 10^-9 s
         if name:
             opts = _option(2, name.encode()) + opts
+        self.flush()
         self.fp.write(_block(1, struct.pack("<HHI", linktype, 0, snaplen) + opts + _END))
         self.interfaces += 1
         return self.interfaces - 1
 
     def write(self, iface: int, ts_ns: int | None, data: bytes, wirelen: int,
               comments: Sequence[str] = ()) -> None:
-        """One Enhanced Packet Block (``ts_ns`` None writes time 0)."""
+        """One Enhanced Packet Block (``ts_ns`` None writes time 0). Blocks are gathered and
+        written in batches: call :meth:`flush` at the end."""
         caplen = len(data)
-        pad = _PAD[caplen & 3]
         if comments:
-            opts = b"".join([_option(1, c.encode()) for c in comments]) + _END
+            parts = []
+            for c in comments:
+                b = c.encode()
+                n = len(b)
+                parts.append(_OPT(1, n) + b + _PAD[n & 3])
+            parts.append(_END)
+            opts = b"".join(parts)
         else:
             opts = b""
+        pad = _PAD[caplen & 3]
         total = 32 + caplen + len(pad) + len(opts)
         ts = ts_ns or 0
-        self.fp.write(b"".join((_EPB.pack(6, total, iface, ts >> 32, ts & 0xFFFFFFFF, caplen,
-                                          wirelen), data, pad, opts, _U32(total))))
+        pending = self._pending
+        pending += (_EPB(6, total, iface, ts >> 32, ts & 0xFFFFFFFF, caplen, wirelen), data, pad,
+                    opts, _U32(total))
+        if len(pending) >= 2560:
+            self.fp.write(b"".join(pending))
+            pending.clear()
         self.packets += 1
+
+    def flush(self) -> None:
+        """Write the gathered blocks out (and flush the file object)."""
+        if self._pending:
+            self.fp.write(b"".join(self._pending))
+            self._pending.clear()
+        self.fp.flush()

@@ -241,6 +241,7 @@ def test_writer_round_trip(tmp_path: Path) -> None:
         w.write(a, T0, frames[0], 100, ["one", "ünïcode, with comma"])
         w.write(b, T0 + 1, bytes(echo(9)), 84)
         w.write(a, None, frames[2], len(frames[2]), ["x" * 5])
+        w.flush()
     recs, cap = records(tmp_path / "w.pcapng")
     assert [(i.linktype, i.name) for i in cap.interfaces] == [(1, "u1"), (101, None)]
     assert [(r[0], r[1], r[4], r[5], r[6]) for r in recs] == [
@@ -255,6 +256,7 @@ def test_tshark_reads_our_comments_and_times(tmp_path: Path) -> None:
         w = PcapngWriter(fp)
         i = w.add_interface(1)
         w.write(i, T0, bytes(Ether(**MAC) / echo(1)), 98, ["first | one", "second"])
+        w.flush()
     rows = tshark_fields(tmp_path / "w.pcapng", "frame.time_epoch", "frame.comment",
                          "frame.len", "icmp.seq")
     assert rows == [[f"{T0 // 10**9}.{T0 % 10**9:09d}", f"first | one{AGG}second", "98", "1"]]

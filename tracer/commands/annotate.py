@@ -330,6 +330,8 @@ def _annotate(cap: Capture, fp: IO[Any] | None, ports: PortMap, guess: bool,
             writer.write(oi, ts, data, wirelen, comments)
         if not n & 0x3FFF:
             progress.update(n, cap.offset)
+    if writer is not None:
+        writer.flush()
     progress.done()
     nflows = 0
     if table is not None:
