@@ -98,6 +98,8 @@ def switch(d: Draft, nodes: Sequence[int], mtu: int | None = None) -> None:
     d.namespaces.append(Namespace("net", "net", addr=SWITCH_ADDR))
     d.bridges.append(Bridge("net", "ul0", mac=lab_mac(0x5A, 0, 0xFE), mtu=mtu))
     d.addresses.append(Address("net", "ul0", f"{SWITCH_ADDR}/24"))
+    # A switch does not run iptables on what it forwards (br_netfilter is on by default).
+    d.sysctls.append(Sysctl("net", "net.bridge.bridge-nf-call-iptables", "0"))
     for n in nodes:
         d.veths.append(
             Veth(
