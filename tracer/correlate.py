@@ -252,7 +252,7 @@ def _decode_all(hdrs: Sequence[str], kinds: Sequence[str], ports: PortMap) -> _H
         "proto", "sport", "dport", "ip_id", "frag_offset", "tcp_seq", "tcp_ack", "tcp_flags",
         "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "payload_len", "ntun", "tuple_id",
         "key_id", "ident_id", "outer_dport", "q_proto", "q_dport", "more_frags")}
-    strs = {k: np.empty(n, object) for k in ("src", "dst", "tunnel", "q_dst", "summary")}
+    strs = {k: np.empty(n, object) for k in ("src", "dst", "tunnel", "q_dst")}
     tuple_ids: dict[tuple[str, str, int, int, int], int] = {}
     key_ids: dict[tuple[int, str, int, str, int], int] = {}
     ident_ids: dict[tuple[int, ...], int] = {}
@@ -272,7 +272,6 @@ def _decode_all(hdrs: Sequence[str], kinds: Sequence[str], ports: PortMap) -> _H
             for a in ("tuple_id", "key_id", "ident_id"):
                 ints[a][i] = -1
             strs["src"][i] = strs["dst"][i] = strs["tunnel"][i] = strs["q_dst"][i] = ""
-            strs["summary"][i] = ""
             continue
         f = d.inner
         assert f is not None
@@ -305,7 +304,6 @@ def _decode_all(hdrs: Sequence[str], kinds: Sequence[str], ports: PortMap) -> _H
         strs["q_dst"][i] = q.dst if q is not None else ""
         ints["q_proto"][i] = q.proto if q is not None else 0
         ints["q_dport"][i] = q.dport if q is not None else 0
-        strs["summary"][i] = f.summary()
     return _Headers(decs, {**ints, **strs}, list(tuple_ids), list(key_ids))
 
 
@@ -690,7 +688,7 @@ class _Correlator:
             "proto": col("proto", d_first, 0).astype(np.int64),
             "sport": col("sport", d_first, 0).astype(np.int64),
             "dport": col("dport", d_first, 0).astype(np.int64),
-            "summary": col("summary", d_first),
+            "summary": _summaries(self.h, d_first),
             "tuple_before": tup_before,
             "tuple_after": tup_after,
             "nat": np.array(tup_before, object) != np.array(tup_after, object),
@@ -726,42 +724,59 @@ class _Correlator:
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
         kb = p["key_before"].to_numpy()
-        root = np.array([find(int(k)) if k >= 0 else -1 for k in kb]) if parent else kb
-        order = p.sort_values("first_ns", kind="stable")
-        fid = pd.factorize(pd.Series(root)[order.index].to_numpy())[0]
-        p.loc[order.index, "flow"] = fid
-        p["flow"] = p["flow"].astype(np.int64)
+        if parent:
+            roots = {int(k): find(int(k)) for k in np.unique(kb) if k >= 0}
+            root = np.array([roots.get(int(k), -1) for k in kb])
+        else:
+            root = kb
+        order = np.argsort(p["first_ns"].to_numpy(), kind="stable")
+        fid = np.empty(len(p), np.int64)
+        fid[order] = pd.factorize(root[order])[0]
+        p["flow"] = fid
+        # the flow's first packet names its client (source) and server (destination)
+        firsts = p.iloc[order].drop_duplicates("flow").set_index("flow").sort_index()
+        client = firsts["src"].reindex(fid).to_numpy()
+        fwd = p["src"].to_numpy() == client
+        p["direction"] = np.where(fwd, "forward", "reverse")
+        g = p.groupby("flow", sort=True)
+        natf = p[fwd & p["nat"]].sort_values("first_ns").drop_duplicates("flow")
+        nat_to = pd.Series([_dst_of(t) for t in natf["tuple_after"]], index=natf["flow"],
+                           dtype=object).reindex(firsts.index).fillna("")
+        ok = p[p["fate"] != "dropped"]
+        q = ok.groupby("flow")["e2e_ns"].quantile([0.5, 0.9, 0.99]).unstack()
+        q = q.reindex(firsts.index)
+        nodes = p.drop_duplicates(["flow", "nodes"]).groupby("flow", sort=True)["nodes"].agg(
+            lambda x: ">".join(dict.fromkeys(">".join(map(str, x)).split(">"))))
         pods = self._pods(h)
-        fl = []
-        for f, grp in p.sort_values("first_ns", kind="stable").groupby("flow", sort=True):
-            first = grp.iloc[0]
-            client, server = first["src"], first["dst"]
-            fwd = grp["src"] == client
-            p.loc[grp.index, "direction"] = np.where(fwd, "forward", "reverse")
-            after = grp.loc[fwd & grp["nat"], "tuple_after"]
-            nat_to = _dst_of(after.iloc[0]) if len(after) else ""
-            served_by = nat_to.rsplit(":", 1)[0] if nat_to else server
-            ok = grp[grp["fate"] != "dropped"]["e2e_ns"]
-            q = ok.quantile([0.5, 0.9, 0.99]).to_numpy() if len(ok) else [np.nan] * 3
-            proto = int(first["proto"])
-            fl.append({
-                "flow": f,
-                "proto": PROTO_NAMES.get(proto, str(proto)),
-                "client": _endpoint(client, int(first["sport"])) if proto != 1 else client,
-                "client_pod": pods.get(client, ""),
-                "server": _endpoint(server, int(first["dport"])) if proto != 1 else server,
-                "server_pod": pods.get(served_by, ""),
-                "nat_to": nat_to,
-                "packets": len(grp),
-                "forward": int(fwd.sum()),
-                "reverse": int((~fwd).sum()),
-                "drops": int((grp["fate"] == "dropped").sum()),
-                "nodes": ">".join(dict.fromkeys(">".join(grp["nodes"].astype(str)).split(">"))),
-                "first_ns": int(grp["first_ns"].min()),
-                "last_ns": int(grp["first_ns"].max()),
-                "e2e_p50_ns": q[0], "e2e_p90_ns": q[1], "e2e_p99_ns": q[2],
-            })
-        flows = pd.DataFrame(fl)
+        proto = firsts["proto"].to_numpy(np.int64)
+        server = firsts["dst"].astype(str).to_numpy()
+        served_by = [t.rsplit(":", 1)[0] if t else s for t, s in zip(nat_to, server,
+                                                                      strict=True)]
+        ends = {
+            "client": [a if pr == 1 or not pt else _endpoint(a, int(pt)) for a, pt, pr in zip(
+                firsts["src"].astype(str), firsts["sport"], proto, strict=True)],
+            "server": [a if pr == 1 or not pt else _endpoint(a, int(pt)) for a, pt, pr in zip(
+                server, firsts["dport"], proto, strict=True)],
+        }
+        flows = pd.DataFrame({
+            "flow": firsts.index.to_numpy(),
+            "proto": [PROTO_NAMES.get(int(x), str(x)) for x in proto],
+            "client": ends["client"],
+            "client_pod": [pods.get(str(a), "") for a in firsts["src"]],
+            "server": ends["server"],
+            "server_pod": [pods.get(a, "") for a in served_by],
+            "nat_to": nat_to.to_numpy(),
+            "packets": g.size().to_numpy(),
+            "forward": pd.Series(fwd).groupby(fid).sum().reindex(firsts.index).to_numpy(),
+            "reverse": pd.Series(~fwd).groupby(fid).sum().reindex(firsts.index).to_numpy(),
+            "drops": g["fate"].agg(lambda x: int((x == "dropped").sum())).to_numpy(),
+            "nodes": nodes.reindex(firsts.index).to_numpy(),
+            "first_ns": g["first_ns"].min().to_numpy(),
+            "last_ns": g["first_ns"].max().to_numpy(),
+            "e2e_p50_ns": q[0.5].to_numpy(np.float64) if 0.5 in q else np.nan,
+            "e2e_p90_ns": q[0.9].to_numpy(np.float64) if 0.9 in q else np.nan,
+            "e2e_p99_ns": q[0.99].to_numpy(np.float64) if 0.99 in q else np.nan,
+        })
         names = []
         for r in flows.itertuples():
             a = r.client_pod or r.client
@@ -779,6 +794,19 @@ class _Correlator:
             for addr, ns in zip(sel[col].astype(str), sel["netns"].astype(str), strict=True):
                 out.setdefault(addr, ns)
         return out
+
+
+def _summaries(h: _Headers, rows: np.ndarray) -> np.ndarray:
+    """``Flow.summary()`` of the given header rows (computed once per distinct row)."""
+    done: dict[int, str] = {}
+    out = np.empty(len(rows), object)
+    for i, r in enumerate(rows):
+        r = int(r)
+        if r not in done:
+            d = h.decoded[r] if r >= 0 else None
+            done[r] = d.inner.summary() if d is not None and d.inner is not None else ""
+        out[i] = done[r]
+    return out
 
 
 def _tuple_of(h: _Headers, row: int) -> str:

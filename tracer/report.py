@@ -44,53 +44,73 @@ def _num(x: Any) -> Any:
     return x
 
 
-def _paths(tr: Traces) -> dict[int, list[dict[str, Any]]]:
+def _paths(tr: Traces, flows: Any = None) -> dict[int, list[dict[str, Any]]]:
     """Per flow and direction: the hops in path order with latency percentiles.
 
     Netfilter "accept" (last-priority) steps are left out; a hop's latency is the time since
-    the previous hop shown. The same place seen twice in one packet is two hops.
+    the previous hop shown. The same place seen twice in one packet is two hops. ``flows``:
+    only these flow ids (default all).
     """
     h = tr.hops
     out: dict[int, list[dict[str, Any]]] = {}
     if h.empty or tr.packets.empty:
         return out
-    h = h[h["hop"] != str(HopKind.NETFILTER_OUT)].copy()
+    h = h[h["hop"] != str(HopKind.NETFILTER_OUT)]
     pk = tr.packets.set_index("packet")
-    h["flow"] = pk.loc[h["packet"], "flow"].to_numpy()
-    h["direction"] = pk.loc[h["packet"], "direction"].to_numpy()
+    flow = pk["flow"].reindex(h["packet"]).to_numpy()
+    keep = np.isin(flow, list(flows)) if flows is not None else np.ones(len(h), bool)
+    h = h[keep]
     pkt = h["packet"].to_numpy()
     off = h["offset_ns"].to_numpy(np.int64)
     first = np.r_[True, pkt[1:] != pkt[:-1]]
-    lat = np.r_[0, np.diff(off)]
+    lat = np.r_[0, np.diff(off)].astype(np.float64)
     lat[first] = 0
-    h["lat"] = lat
     place = ["node", "netns", "ifname", "label", "hop"]
-    for c in place:
-        h[c] = h[c].astype(str)
-    h["nth"] = h.groupby(["packet", *place], sort=False).cumcount()
-    for (flow, direction), g in h.groupby(["flow", "direction"], sort=True):
-        npk = g["packet"].nunique()
-        agg = g.groupby([*place, "nth"], sort=False).agg(
-            packets=("packet", "nunique"), off=("offset_ns", "median"),
-            step=("step", "median"), cross=("cross_node", "any"),
-            unc=("uncertainty_ns", "max"), clamped=("clamped", "any"),
-            change=("change", lambda s: next((str(x) for x in s if str(x)), "")),
-        ).reset_index().sort_values(["off", "step"], kind="stable")
-        lats = g.groupby([*place, "nth"], sort=False)["lat"].apply(np.asarray)
-        hops = []
-        for i, r in enumerate(agg.itertuples(index=False)):
-            key = (r.node, r.netns, r.ifname, r.label, r.hop, r.nth)
-            q = _q(lats.loc[key]) if i else {"p50": 0.0, "p90": 0.0, "p99": 0.0}
-            hops.append({
-                "index": i, "node": r.node, "netns": r.netns, "ifname": r.ifname,
-                "hop": r.hop, "label": r.label, "change": r.change, "packets": int(r.packets),
-                "offset_ns": float(r.off), "latency_ns": q, "cross_node": bool(r.cross),
-                "uncertainty_ns": (None if (r.cross and (r.unc != r.unc)) else
-                                   (float(r.unc) if r.cross else 0.0)),
-                "clamped": bool(r.clamped),
-            })
-        out.setdefault(int(flow), []).append(
-            {"direction": str(direction), "packets": int(npk), "hops": hops})
+    d = pd.DataFrame({c: h[c].astype(str).to_numpy() for c in place})
+    d["flow"] = flow[keep]
+    d["direction"] = pk["direction"].reindex(pkt).to_numpy()
+    d["packet"] = pkt
+    d["off"] = off
+    d["step"] = h["step"].to_numpy()
+    d["lat"] = lat
+    d["cross"] = h["cross_node"].to_numpy()
+    d["unc"] = h["uncertainty_ns"].to_numpy(np.float64)
+    d["clamped"] = h["clamped"].to_numpy()
+    d["change"] = h["change"].astype(str).to_numpy()
+    d["nth"] = d.groupby(["packet", *place], sort=False).cumcount()
+    key = ["flow", "direction", *place, "nth"]
+    g = d.groupby(key, sort=False)
+    agg = g.agg(packets=("packet", "nunique"), off=("off", "median"), step=("step", "median"),
+                cross=("cross", "any"), unc=("unc", "max"), clamped=("clamped", "any"))
+    q = g["lat"].quantile([0.5, 0.9, 0.99]).unstack()
+    agg = agg.join(q)
+    ch = d[d["change"] != ""].groupby(key, sort=False)["change"].first()
+    agg = agg.join(ch.rename("change")).reset_index()
+    agg["change"] = agg["change"].fillna("")
+    agg = agg.sort_values(["flow", "direction", "off", "step"], kind="stable")
+    npk = d.groupby(["flow", "direction"])["packet"].nunique()
+    cur: tuple[int, str] | None = None
+    hops: list[dict[str, Any]] = []
+    for r in agg.itertuples(index=False):
+        fd = (int(r.flow), str(r.direction))
+        if fd != cur:
+            cur = fd
+            hops = []
+            out.setdefault(fd[0], []).append(
+                {"direction": fd[1], "packets": int(npk[fd]), "hops": hops})
+        i = len(hops)
+        lq = (
+            {"p50": float(r[-4]), "p90": float(r[-3]), "p99": float(r[-2])}
+            if i else {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+        )
+        hops.append({
+            "index": i, "node": r.node, "netns": r.netns, "ifname": r.ifname,
+            "hop": r.hop, "label": r.label, "change": r.change, "packets": int(r.packets),
+            "offset_ns": float(r.off), "latency_ns": lq, "cross_node": bool(r.cross),
+            "uncertainty_ns": (None if (r.cross and (r.unc != r.unc)) else
+                               (float(r.unc) if r.cross else 0.0)),
+            "clamped": bool(r.clamped),
+        })
     return out
 
 
@@ -121,7 +141,13 @@ def _drops(tr: Traces) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return real, benign
 
 
-def build(tr: Traces, files: list[str] | None = None) -> dict[str, Any]:
+#: Flows whose paths are worked out and shown (flows with drops first, then the busiest).
+MAX_PATHS = 50
+#: Flows listed one by one in text/markdown/HTML (all are in JSON).
+MAX_FLOWS_SHOWN = 100
+
+
+def build(tr: Traces, max_paths: int = MAX_PATHS) -> dict[str, Any]:
     """The report model (docs/report.md)."""
     nodes = []
     for n in tr.nodes:
@@ -135,13 +161,21 @@ def build(tr: Traces, files: list[str] | None = None) -> dict[str, Any]:
             "duration_s": n.summary.get("duration_s"), "events": n.summary.get("events"),
             "lost": n.lost, "started_unix_ns": hd.get("started_unix_ns"),
         })
-    paths = _paths(tr)
-    flows = []
     f = tr.flows
     p = tr.packets
+    chosen = None
+    if not f.empty and len(f) > max_paths:
+        chosen = list(f.sort_values(["drops", "packets"], ascending=False, kind="stable")[
+            "flow"].head(max_paths))
+    paths = _paths(tr, chosen)
+    flows = []
+    natp = p[p["nat"]].drop_duplicates(["flow", "tuple_before", "tuple_after"]) if len(
+        p) else p
+    nat_of = {int(k): g for k, g in natp.groupby("flow")} if len(natp) else {}
+    clamped = p.groupby("flow")["clamped"].sum() if len(p) else {}
     for r in (f.to_dict("records") if not f.empty else []):
-        fp = p[p["flow"] == r["flow"]]
-        nat = fp[fp["nat"]][["tuple_before", "tuple_after"]].drop_duplicates()
+        nat = nat_of.get(int(r["flow"]), pd.DataFrame(columns=["tuple_before", "tuple_after"]))
+        nat = nat[["tuple_before", "tuple_after"]]
         flows.append({
             "flow": int(r["flow"]), "name": r["name"], "proto": r["proto"],
             "client": r["client"], "client_pod": r["client_pod"], "server": r["server"],
@@ -152,7 +186,7 @@ def build(tr: Traces, files: list[str] | None = None) -> dict[str, Any]:
                        "p99": _num(r["e2e_p99_ns"])},
             "nat": [{"before": b, "after": a} for b, a in nat.itertuples(index=False)],
             "paths": paths.get(int(r["flow"]), []),
-            "clamped_hops": int(fp["clamped"].sum()),
+            "clamped_packets": int(clamped.get(r["flow"], 0)),
         })
     real, benign = _drops(tr)
     t0 = int(p["first_ns"].min()) if not p.empty else 0
@@ -166,6 +200,7 @@ def build(tr: Traces, files: list[str] | None = None) -> dict[str, Any]:
             "events": int(len(tr.events)),
             "packets": int(len(p)),
             "flows": int(len(f)),
+            "flows_with_paths": int(len(paths)),
             "span_ns": t1 - t0,
             "lost_events": lost_total,
             "clocks": [c.to_json() for c in tr.clocks.values()],
@@ -237,7 +272,8 @@ def render_text(rep: dict[str, Any], md: bool = False) -> str:
     if md:
         L.append("| flow | packets (fwd/rev) | drops | e2e p50 | p90 | p99 | nodes |")
         L.append("|---|---|---|---|---|---|---|")
-    for f in rep["flows"]:
+    shown = rep["flows"][:MAX_FLOWS_SHOWN]
+    for f in shown:
         e = f["e2e_ns"]
         if md:
             L.append(f"| {f['name']} | {f['packets']} ({f['forward']}/{f['reverse']}) | "
@@ -251,8 +287,12 @@ def render_text(rep: dict[str, Any], md: bool = False) -> str:
                      f"drops {f['drops']}")
             L.append(f"   e2e p50 {us(e['p50'])} p90 {us(e['p90'])} p99 {us(e['p99'])}"
                      f"  nodes {f['nodes']}")
+    if len(rep["flows"]) > len(shown):
+        L.append(f"... and {len(rep['flows']) - len(shown)} more flows (all in --format json)")
     L.append("")
     for f in rep["flows"]:
+        if not f["paths"]:
+            continue
         h1(f"Path of flow #{f['flow']}: {f['name']}")
         for n in f["nat"]:
             L.append(f"NAT: {n['before']} -> {n['after']}")

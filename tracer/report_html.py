@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from tracer.report import _clock_text, us
+from tracer.report import MAX_FLOWS_SHOWN, _clock_text, us
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
@@ -106,7 +106,7 @@ def render_html(rep: dict[str, Any]) -> str:
     o.append("<h2>Flows</h2><table><tr><th>#</th><th>flow</th><th>client</th><th>server</th>"
              "<th>NAT to</th><th>packets</th><th>drops</th><th>e2e p50</th><th>p90</th>"
              "<th>p99</th><th>nodes</th></tr>")
-    for f in rep["flows"]:
+    for f in rep["flows"][:MAX_FLOWS_SHOWN]:
         e = f["e2e_ns"]
         o.append(f'<tr class="flow"><td><a href="#flow{f["flow"]}">{f["flow"]}</a></td>'
                  f"<td>{_e(f['name'])}</td><td>{_e(f['client'])} {_e(f['client_pod'])}</td>"
@@ -116,7 +116,12 @@ def render_html(rep: dict[str, Any]) -> str:
                  f"<td class=n>{us(e['p90'])}</td><td class=n>{us(e['p99'])}</td>"
                  f"<td>{_e(f['nodes'])}</td></tr>")
     o.append("</table>")
+    if len(rep["flows"]) > MAX_FLOWS_SHOWN:
+        o.append(f"<p>... and {len(rep['flows']) - MAX_FLOWS_SHOWN} more flows (all in the "
+                 "JSON report)</p>")
     for f in rep["flows"]:
+        if not f["paths"]:
+            continue
         o.append(f'<h2 id="flow{f["flow"]}">Flow {f["flow"]}: {_e(f["name"])}</h2>')
         for n in f["nat"]:
             o.append(f"<p>NAT: <code>{_e(n['before'])}</code> &rarr; "
