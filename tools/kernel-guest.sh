@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs INSIDE a kvm-kernel-test guest (KT_GUEST=1), started by tools/kernel_matrix.py.
+# The repository is shared read-only at $KT_HOST_DIR over 9p, which is slow for many small files
+# (a Python start-up that imports numpy took 14 s from 9p, 6 s from tmpfs), so the sources and
+# the host-prepared Python dependencies (build/kernel-tier/site.tar) are copied to tmpfs first.
+# Output: streamed to the host; sections between "@@begin NAME" / "@@end NAME" lines are
+# extracted by the host (doctor table and JSON, pytest's JUnit XML, bpftool listings).
+# Usage: kernel-guest.sh [PYTEST ARGS...]   (default: the kernel tier, see DEFAULT_TESTS)
+set -u
+[ "${KT_GUEST:-}" = 1 ] || { echo "kernel-guest.sh: run me inside a kvm-kernel-test guest" >&2; exit 2; }
+HOST=${KT_HOST_DIR:-/host}
+W=/tmp/ht
+DEFAULT_TESTS=(tests/test_trace_kernel.py tests/guest)
+stamp() { echo "@@time $1 $(cut -d' ' -f1 /proc/uptime)"; }
+section() {  # section NAME CMD...: the command's output between markers
+  local name=$1; shift
+  echo "@@begin $name"; "$@" 2>&1; local rc=$?; echo "@@end $name rc=$rc"; return $rc
+}
+
+stamp start
+mkdir -p "$W/src" "$W/site" "$W/tmp"
+# only what the kernel tier imports (caches, .venv, build/ and docs stay on the host)
+(cd "$HOST" && tar -cf - pyproject.toml tracer decoders probes tests) | tar -C "$W/src" -xf - \
+  || { echo "kernel-guest.sh: copying the sources failed"; exit 3; }
+tar -C "$W/site" -xf "$HOST/build/kernel-tier/site.tar" \
+  || { echo "kernel-guest.sh: no build/kernel-tier/site.tar (run tools/kernel_matrix.py)"; exit 3; }
+export PYTHONPATH=$W/site TMPDIR=$W/tmp
+cd "$W/src"
+# What a Kubernetes node loads at boot (kubeadm's prerequisites); the rest autoloads.
+for m in br_netfilter veth vxlan bridge; do modprobe "$m" || echo "modprobe $m failed"; done
+stamp setup
+
+# one process for both forms: the capability checks are cached per process (~7 s start-up here)
+python3 - <<'PY'
+
+from tracer.cli import main
+for name, argv in (("doctor", ["doctor"]), ("doctor-json", ["doctor", "--format", "json"])):
+    print(f"@@begin {name}", flush=True)
+    rc = main(argv)
+    print(f"@@end {name} rc={rc}", flush=True)
+PY
+stamp doctor
+
+args=("$@")
+[ ${#args[@]} -gt 0 ] || args=(-m kernel "${DEFAULT_TESTS[@]}")
+echo "@@begin pytest"
+python3 -m pytest -p no:cacheprovider -p tests.guest.known_gaps -ra -o console_output_style=classic \
+  --junitxml="$W/junit.xml" "${args[@]}"
+rc=$?
+echo "@@end pytest rc=$rc"
+stamp pytest
+
+section junit cat "$W/junit.xml"
+# What is left loaded after everything: hoptrace's programs must all be gone.
+section bpftool-prog bpftool prog show
+section bpftool-link bpftool link show
+stamp end
+exit $rc
