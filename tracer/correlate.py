@@ -245,19 +245,28 @@ class _Headers:
     keys: list[tuple[int, str, int, str, int]]  # direction-independent
 
 
+_INT_COLS = ("proto", "sport", "dport", "ip_id", "frag_offset", "tcp_seq", "tcp_ack",
+             "tcp_flags", "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "payload_len",
+             "more_frags", "ntun", "tuple_id", "key_id", "ident_id", "outer_dport", "q_proto",
+             "q_dport")
+_STR_COLS = ("src", "dst", "tunnel", "q_dst")
+_NONE_ROW = (0,) * 15 + (-1, -1, -1, 0, 0, 0)
+
+
 def _decode_all(hdrs: Sequence[str], kinds: Sequence[str], ports: PortMap) -> _Headers:
-    n = len(hdrs)
+    """Decode each distinct header once; one row of ints and strings per header.
+
+    Rows are tuples gathered in lists and turned into arrays at the end: per-element numpy
+    stores cost more than the decoding itself.
+    """
     decs: list[Decoded | None] = []
-    ints = {k: np.zeros(n, np.int64) for k in (
-        "proto", "sport", "dport", "ip_id", "frag_offset", "tcp_seq", "tcp_ack", "tcp_flags",
-        "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "payload_len", "ntun", "tuple_id",
-        "key_id", "ident_id", "outer_dport", "q_proto", "q_dport", "more_frags")}
-    strs = {k: np.empty(n, object) for k in ("src", "dst", "tunnel", "q_dst")}
+    ints: list[tuple[int, ...]] = []
+    strs: list[tuple[str, str, str, str]] = []
     tuple_ids: dict[tuple[str, str, int, int, int], int] = {}
     key_ids: dict[tuple[int, str, int, str, int], int] = {}
     ident_ids: dict[tuple[int, ...], int] = {}
-    for i in range(n):
-        h, kind = hdrs[i], kinds[i]
+    empty = ("", "", "", "")
+    for h, kind in zip(hdrs, kinds, strict=True):
         d = None
         if h and kind in ("eth", "ip"):
             try:
@@ -265,46 +274,38 @@ def _decode_all(hdrs: Sequence[str], kinds: Sequence[str], ports: PortMap) -> _H
                            ports=ports)
             except ValueError:
                 d = None
-        if d is not None and d.inner is None:
-            d = None
-        decs.append(d)
-        if d is None:
-            for a in ("tuple_id", "key_id", "ident_id"):
-                ints[a][i] = -1
-            strs["src"][i] = strs["dst"][i] = strs["tunnel"][i] = strs["q_dst"][i] = ""
+        f = d.inner if d is not None else None
+        if d is None or f is None:
+            decs.append(None)
+            ints.append(_NONE_ROW)
+            strs.append(empty)
             continue
-        f = d.inner
-        assert f is not None
+        decs.append(d)
         sp, dp = _ports(f)
-        for a in ("proto", "ip_id", "frag_offset", "tcp_seq", "tcp_ack", "tcp_flags",
-                  "icmp_type", "icmp_code", "icmp_id", "icmp_seq", "payload_len"):
-            ints[a][i] = getattr(f, a)
-        ints["more_frags"][i] = int(f.more_frags)
-        ints["sport"][i], ints["dport"][i] = f.sport, f.dport
-        ints["ntun"][i] = len(d.tunnels)
-        strs["src"][i], strs["dst"][i] = f.src, f.dst
         t = (f.src, f.dst, f.proto, sp, dp)
-        ints["tuple_id"][i] = tuple_ids.setdefault(t, len(tuple_ids))
-        if (f.dst, dp) < (f.src, sp):
-            k = (f.proto, f.dst, dp, f.src, sp)
-        else:
-            k = (f.proto, f.src, sp, f.dst, dp)
-        ints["key_id"][i] = key_ids.setdefault(k, len(key_ids))
-        ints["ident_id"][i] = ident_ids.setdefault(f.identity(), len(ident_ids))
+        tid = tuple_ids.setdefault(t, len(tuple_ids))
+        k = (f.proto, f.dst, dp, f.src, sp) if (f.dst, dp) < (f.src, sp) else (
+            f.proto, f.src, sp, f.dst, dp)
+        kid = key_ids.setdefault(k, len(key_ids))
+        iid = ident_ids.setdefault(f.identity(), len(ident_ids))
         if d.tunnels:
             tu = d.tunnels[0]
             vni = f" vni {tu.vni}" if tu.vni is not None else ""
-            strs["tunnel"][i] = f"{tu.kind.upper()}{vni} {tu.src}>{tu.dst}"
-            ints["outer_dport"][i] = tu.dport
+            tunnel, odp = f"{tu.kind.upper()}{vni} {tu.src}>{tu.dst}", tu.dport
         else:
-            strs["tunnel"][i] = ""
             o = d.outer
-            ints["outer_dport"][i] = o.dport if o is not None and o.proto == 17 else 0
+            tunnel, odp = "", (o.dport if o is not None and o.proto == 17 else 0)
         q = d.quoted
-        strs["q_dst"][i] = q.dst if q is not None else ""
-        ints["q_proto"][i] = q.proto if q is not None else 0
-        ints["q_dport"][i] = q.dport if q is not None else 0
-    return _Headers(decs, {**ints, **strs}, list(tuple_ids), list(key_ids))
+        ints.append((f.proto, f.sport, f.dport, f.ip_id, f.frag_offset, f.tcp_seq, f.tcp_ack,
+                     f.tcp_flags, f.icmp_type, f.icmp_code, f.icmp_id, f.icmp_seq,
+                     f.payload_len, int(f.more_frags), len(d.tunnels), tid, kid, iid, odp,
+                     q.proto if q is not None else 0, q.dport if q is not None else 0))
+        strs.append((f.src, f.dst, tunnel, q.dst if q is not None else ""))
+    ia = np.array(ints, np.int64).reshape(len(ints), len(_INT_COLS))
+    sa = np.array(strs, object).reshape(len(strs), len(_STR_COLS))
+    cols = {c: ia[:, j].copy() for j, c in enumerate(_INT_COLS)}
+    cols.update({c: sa[:, j].copy() for j, c in enumerate(_STR_COLS)})
+    return _Headers(decs, cols, list(tuple_ids), list(key_ids))
 
 
 # ----------------------------------------------------------------------------- correlating
@@ -376,8 +377,8 @@ class _Correlator:
         combo = hdr * (len(ev["hdr_kind"].cat.categories) + 1) + kind
         dcode, uniq = pd.factorize(combo, sort=False)
         nk = len(ev["hdr_kind"].cat.categories) + 1
-        hcats = ev["hdr"].cat.categories
-        kcats = ev["hdr_kind"].cat.categories
+        hcats = np.asarray(ev["hdr"].cat.categories, dtype=object)
+        kcats = np.asarray(ev["hdr_kind"].cat.categories, dtype=object)
         uh = [hcats[c // nk] if c // nk >= 0 else "" for c in uniq]
         uk = [kcats[c % nk] if c % nk < len(kcats) else "" for c in uniq]
         self.h = _decode_all(uh, uk, ports)
