@@ -257,6 +257,7 @@ def test_count_stops_after_n_packets(vxlan_lab: Lab, tmp_path: Path) -> None:
             f"icmp and host {lab.addr('b1')}",
             "--count",
             "2",
+            "--print",
             "--netns",
             lab_netns(lab),
             "-o",

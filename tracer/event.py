@@ -9,11 +9,13 @@ A trace file is JSON lines: one ``header`` object, then ``event`` and ``lost`` o
 
 from __future__ import annotations
 
-import functools
-import json
+import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 
 from tracer.btf import drop_reason_name, kernel_enum
 from tracer.names import list_netns
@@ -22,6 +24,7 @@ SCHEMA_VERSION = 1
 HDR_KINDS = {0: "none", 1: "eth", 2: "ip"}
 NF_PF = {2: "ipv4", 10: "ipv6"}
 FLAG_NAMES = {1: "new_track", 2: "reused_skb", 4: "parsed", 8: "fragment"}
+NEW_TRACK = 1  # the flag of a track's first event
 
 
 class Event(NamedTuple):
@@ -69,35 +72,48 @@ def event_from_json(d: dict[str, Any]) -> Event:
     return Event(**kw)
 
 
-_js = functools.lru_cache(maxsize=4096)(json.dumps)
+# two lowercase hex digits per byte value, as one uint16 each (little-endian: "0" then "f")
+_HEX = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.uint16)
 
 
-def json_lines(events: list[Event]) -> str:
-    """The events as JSON lines, equal to ``json.dumps(ev.to_json())`` per event but ~4x faster:
-    strings repeat (node, netns, device, probe), so their escaped forms are cached."""
-    out = []
-    for e in events:
-        out.append(
-            f'{{"type":"event","ts_ns":{e.ts_ns},"node":{_js(e.node)},"netns":{_js(e.netns)},'
-            f'"netns_ino":{e.netns_ino},"ifindex":{e.ifindex},"ifname":{_js(e.ifname)},'
-            f'"probe":{_js(e.probe)},"track":{e.track},"skb":"{e.skb:#x}","cpu":{e.cpu},'
-            f'"len":{e.len},"mark":{e.mark},"protocol":{e.protocol},"nf_hook":{_js(e.nf_hook)},'
-            f'"nf_pf":{_js(e.nf_pf)},"nf_prio":{e.nf_prio},"drop_reason":{_js(e.drop_reason)},'
-            f'"drop_reason_code":{e.drop_reason_code},"identity":{e.identity},'
-            f'"flags":{_js_list(e.flags)},"hdr_kind":{_js(e.hdr_kind)},"hdr":"{e.hdr.hex()}"}}\n'
-        )
-    return "".join(out)
+def _hex_rows(mat: np.ndarray) -> pa.Array:
+    """Row i -> hex of all of ``mat[i]`` (fixed width; callers cut each row to its length)."""
+    n, width = mat.shape
+    offsets = np.arange(0, 2 * width * n + 1, 2 * width, dtype=np.int64)
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(_HEX[mat]))
 
 
-@functools.lru_cache(maxsize=64)
-def _js_list(flags: tuple[str, ...]) -> str:
-    return json.dumps(list(flags))
+def _addresses(addr: np.ndarray) -> pa.Array:
+    """u64 -> "0x" + 16 hex digits (what ``f"{a:#x}"`` gives for every kernel address)."""
+    n = len(addr)
+    out = np.empty((n, 18), dtype=np.uint8)
+    out[:, 0], out[:, 1] = ord("0"), ord("x")
+    big_endian = np.ascontiguousarray(addr.astype(">u8")).view(np.uint8).reshape(n, 8)
+    out[:, 2:] = _HEX[big_endian].view(np.uint8).reshape(n, 16)
+    offsets = np.arange(0, 18 * n + 1, 18, dtype=np.int64)
+    return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(out))
+
+
+def _names(codes: np.ndarray, name: Callable[[int], str]) -> pa.Array:
+    """A string column from small integer codes: name each distinct code once."""
+    idx, uniq = pd.factorize(codes, sort=False)
+    return pa.DictionaryArray.from_arrays(
+        pa.array(idx.astype(np.int32)), pa.array([name(int(u)) for u in uniq], pa.string())
+    )
 
 
 class Namer:
     """Turns raw kernel records into :class:`Event` objects with names."""
 
-    def __init__(self, node: str, probe_ids: dict[str, int], point_of_enum: dict[str, str]):
+    def __init__(
+        self,
+        node: str,
+        probe_ids: dict[str, int],
+        point_of_enum: dict[str, str],
+        netns: dict[int, str] | None = None,
+    ):
+        """``netns``: names known beforehand (inode -> name, e.g. from a trace file), which
+        win over what the machine says; the rest are read from the machine."""
         self.node = node
         self._probe = {v: point_of_enum.get(k, k) for k, v in probe_ids.items()}
         hooks = kernel_enum("nf_inet_hooks")
@@ -107,11 +123,16 @@ class Namer:
             probe_ids.get("HT_PROBE_NF_FIRST", -1),
             probe_ids.get("HT_PROBE_NF_LAST", -1),
         }
+        self._given = dict(netns or {})
         self._netns: dict[int, str] = {}
+        self._refreshed = 0.0
         self.refresh_netns()
 
     def refresh_netns(self) -> None:
-        self._netns = {n.inode: n.name for n in list_netns()}
+        """Re-read namespace names. Inodes still unnamed keep their ``netns<ino>`` placeholder."""
+        fresh = {n.inode: n.name for n in list_netns()}
+        self._netns = {**self._netns, **fresh, **self._given}
+        self._refreshed = time.monotonic()
 
     def netns_name(self, ino: int) -> str:
         name = self._netns.get(ino)
@@ -119,10 +140,73 @@ class Namer:
             return name
         if ino == 0:
             return "?"
-        if ino not in self._netns:
+        # a namespace created since the last look: look again, at most once a second (a
+        # scan of /proc costs ~4 ms; unnamed namespaces must not trigger one per event)
+        if time.monotonic() - self._refreshed > 1.0:
             self.refresh_netns()
-            self._netns.setdefault(ino, f"netns{ino}")
-        return self._netns[ino]
+        return self._netns.setdefault(ino, f"netns{ino}")
+
+    def ndjson(self, recs: np.ndarray) -> str:
+        """The records as JSON lines ``{"type": "event", ...}`` (docs/event-schema.md), equal
+        to ``json.dumps(Event.to_json())`` per event, written column-wise: names are looked up
+        once per distinct value, hex is made by numpy, and polars (Rust) writes the lines.
+        This is the recording path of ``hoptrace trace -o``; it makes no :class:`Event`."""
+        import polars as pl  # 0.1 s to import: only when there is something to write
+
+        n = len(recs)
+        if n == 0:
+            return ""
+        probe = recs["probe"]
+        is_nf = np.isin(probe, list(self._nf_codes))
+        is_drop = probe == self._drop_code
+        none = 0xFFFF  # a code no hook, family or reason has
+        flag_bits = np.array(list(FLAG_NAMES), dtype=np.uint8)
+        has_flag = (recs["flags"][:, None] & flag_bits[None, :]) != 0
+        flag_names = np.array(list(FLAG_NAMES.values()))[np.nonzero(has_flag)[1]]
+        flag_off = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(has_flag.sum(axis=1), out=flag_off[1:])
+        dev_key = recs["netns"].astype(np.uint64) << np.uint64(32) | recs["ifindex"]
+        dev_idx, devs = pd.factorize(dev_key, sort=False)
+        first = np.empty(len(devs), dtype=np.int64)
+        first[dev_idx[::-1]] = np.arange(n - 1, -1, -1)  # first row naming each device
+        ifnames = [b.split(b"\0", 1)[0].decode(errors="replace")
+                   for b in recs["ifname"][first].tolist()]
+        drop_code = np.where(is_drop, recs["drop_reason"], 0).astype(np.int64)
+        cols: dict[str, Any] = {
+            "type": _names(np.zeros(n, np.uint8), lambda _: "event"),
+            "ts_ns": recs["ts_ns"],
+            "node": _names(np.zeros(n, np.uint8), lambda _: self.node),
+            "netns": _names(recs["netns"], self.netns_name),
+            "netns_ino": recs["netns"],
+            "ifindex": recs["ifindex"],
+            "ifname": pa.DictionaryArray.from_arrays(
+                pa.array(dev_idx.astype(np.int32)), pa.array(ifnames, pa.string())
+            ),
+            "probe": _names(probe, lambda c: self._probe.get(c, str(c))),
+            "track": recs["track"],
+            "skb": _addresses(recs["skb"]),
+            "cpu": recs["cpu"],
+            "len": recs["len"],
+            "mark": recs["mark"],
+            "protocol": recs["protocol"],
+            "nf_hook": _names(np.where(is_nf, recs["nf_hook"].astype(np.int64), none),
+                              lambda c: "" if c == none else self._hooks.get(c, str(c))),
+            "nf_pf": _names(np.where(is_nf, recs["nf_pf"].astype(np.int64), none),
+                            lambda c: "" if c == none else NF_PF.get(c, str(c))),
+            "nf_prio": np.where(is_nf, recs["nf_prio"], 0),
+            "drop_reason": _names(np.where(is_drop, drop_code, -1),
+                                  lambda c: "" if c < 0 else drop_reason_name(c)),
+            "drop_reason_code": drop_code,
+            "identity": recs["identity"],
+            "flags": pa.ListArray.from_arrays(pa.array(flag_off),
+                                              pa.array(flag_names, pa.string())),
+            "hdr_kind": _names(recs["hdr_kind"], lambda c: HDR_KINDS.get(c, "none")),
+            "hdr": _hex_rows(recs["hdr"]),
+        }
+        assert list(cols)[1:] == list(Event._fields)  # one schema: the Event's fields, in order
+        hex_len = pl.Series(np.minimum(recs["hdr_len"], recs["hdr"].shape[1]).astype(np.int64) * 2)
+        df = pl.from_arrow(pa.table(cols))
+        return df.with_columns(pl.col("hdr").str.slice(0, hex_len)).write_ndjson()
 
     def events(self, recs: np.ndarray) -> list[Event]:
         """Name a batch of kernel records. Column-wise: per-row numpy access costs ~20x more."""

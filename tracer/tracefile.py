@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tracer.errors import UsageError
-from tracer.event import SCHEMA_VERSION, Event, event_from_json, json_lines
+from tracer.event import SCHEMA_VERSION, Event, event_from_json
 
 
 class TraceWriter:
@@ -31,8 +31,9 @@ class TraceWriter:
     def header(self, **fields: Any) -> None:
         self._write({"type": "header", "schema": SCHEMA_VERSION, **fields})
 
-    def events(self, events: list[Event]) -> None:
-        self.fp.write(json_lines(events))
+    def event_lines(self, lines: str) -> None:
+        """Event lines as made by :meth:`tracer.event.Namer.ndjson` (one batch)."""
+        self.fp.write(lines)
 
     def lost(self, probe: str, count: int) -> None:
         self._write({"type": "lost", "probe": probe, "count": count})

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+
 from tracer import __version__, libbpf
 from tracer.capabilities import require_root
 from tracer.chains import Chain, ChainBuilder, render
 from tracer.errors import UsageError
-from tracer.event import Namer
+from tracer.event import NEW_TRACK, Namer
 from tracer.filter import compile_filter
 from tracer.names import Topology, resolve
 from tracer.tracefile import TraceWriter
@@ -75,7 +77,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "-o",
         type=Path,
         metavar="FILE",
-        help="write every event as JSON lines to FILE (docs/event-schema.md)",
+        help="write every event as JSON lines to FILE (docs/event-schema.md); like "
+        "tcpdump -w, hop chains are then not printed unless --print is given",
+    )
+    p.add_argument(
+        "--print",
+        action="store_true",
+        dest="print_chains",
+        help="print hop chains on stdout even when writing to a file with -o",
     )
     p.add_argument(
         "--format",
@@ -198,7 +207,10 @@ def _loop(args, probes, topo, writers, expr, ports, stop) -> int:  # type: ignor
     )
     for w in writers:
         w.header(**header)
-    text = args.format == "text"
+    # Hop chains are built only when someone reads them (text on stdout) or --count needs them;
+    # recording (-o, --format json) writes the kernel records column-wise, making no Event.
+    text = args.format == "text" and (args.output is None or args.print_chains)
+    need_chains = text or bool(args.count)
     builder = ChainBuilder(topo, PortMap({p: "vxlan" for p in ports}))
     print(
         f"Tracing {expr or 'all packets'} in {len(probes.opts.netns)} netns "
@@ -223,6 +235,15 @@ def _loop(args, probes, topo, writers, expr, ports, stop) -> int:  # type: ignor
                 return True
         return False
 
+    def write(recs: np.ndarray) -> None:
+        nonlocal n_packets
+        if not need_chains:  # packets = tracks started (chains count completed ones)
+            n_packets += int(np.count_nonzero(recs["flags"] & NEW_TRACK))
+        if writers and len(recs):
+            lines = namer.ndjson(recs)
+            for w in writers:
+                w.event_lines(lines)
+
     def check_lost() -> None:
         for probe, count in probes.lost().items():
             if count > lost_seen.get(probe, 0):
@@ -245,32 +266,32 @@ def _loop(args, probes, topo, writers, expr, ports, stop) -> int:  # type: ignor
                 if left <= 0:
                     break
                 timeout = max(1, min(timeout, int(left * 1000)))
-            events = namer.events(probes.read(timeout))
-            n_events += len(events)
-            for w in writers:
-                w.events(events)
-            for ev in events:
-                chain = builder.add(ev)
-                if chain is not None and emit([chain]):
-                    done = True
-                    break
-            if not done:
-                done = emit(builder.expire(time.monotonic_ns()))
+            recs = probes.read(timeout)
+            n_events += len(recs)
+            write(recs)
+            if need_chains:
+                for ev in namer.events(recs):
+                    chain = builder.add(ev)
+                    if chain is not None and emit([chain]):
+                        done = True
+                        break
+                if not done:
+                    done = emit(builder.expire(time.monotonic_ns()))
             if time.monotonic() - last_lost_check > 1.0:
                 check_lost()
                 last_lost_check = time.monotonic()
     except KeyboardInterrupt:
         pass
-    events = namer.events(probes.drain())
-    n_events += len(events)
-    for w in writers:
-        w.events(events)
-    for ev in events:
-        chain = builder.add(ev)
-        if chain is not None and not (args.count and n_packets >= args.count):
-            emit([chain])
-    if not (args.count and n_packets >= args.count):
-        emit(builder.flush())
+    recs = probes.drain()
+    n_events += len(recs)
+    write(recs)
+    if need_chains:
+        for ev in namer.events(recs):
+            chain = builder.add(ev)
+            if chain is not None and not (args.count and n_packets >= args.count):
+                emit([chain])
+        if not (args.count and n_packets >= args.count):
+            emit(builder.flush())
     check_lost()
     elapsed = time.monotonic() - t_start
     for w in writers:
