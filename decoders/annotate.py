@@ -82,7 +82,7 @@ class FlowTable:
                 self._flows.items(), key=lambda kv: (-kv[1][0], str(kv[0]))):
             rec: dict[str, Any] = {"type": "flow"}
             if isinstance(flow, Flow):
-                proto, a, pa, b, pb = key  # type: ignore[misc]
+                proto, a, pa, b, pb = flow.key()
                 rec["flow"] = {"proto": _PROTO.get(proto, proto), "a": a, "a_port": pa,
                                "b": b, "b_port": pb, "l3": f"ipv{flow.l3}"}
             else:

@@ -30,6 +30,7 @@ packet number and the file offset; every packet before it has been yielded.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +124,9 @@ class Capture:
         self.path = Path(path)
         self.chunk = chunk
         try:
-            self._f: BinaryIO = self.path.open("rb")
+            # "-" is standard input: tcpdump -w - | hoptrace annotate - ...
+            self._f: BinaryIO = (sys.stdin.buffer if str(path) == "-" else
+                                 self.path.open("rb"))
         except OSError as exc:
             raise CaptureError(f"{path}: cannot read: {exc.strerror}") from exc
         head = self._f.read(4)
@@ -137,7 +140,7 @@ class Capture:
             self.format = "pcap"
             rest = self._f.read(20)
             if len(rest) < 20:
-                self._f.close()
+                self.close()
                 raise CaptureError(f"{path}: truncated pcap file header ({4 + len(rest)} of "
                                    "24 bytes)")
             endian, per_tick = _MAGIC[head]
@@ -152,7 +155,7 @@ class Capture:
             self.format = "pcapng"
             self._buf = head
         else:
-            self._f.close()
+            self.close()
             raise CaptureError(f"{path}: not a classic pcap or pcapng file (starts with "
                                f"{head.hex() or 'nothing'})")
 
@@ -160,7 +163,7 @@ class Capture:
         try:
             _linktype(linktype, where)
         except CaptureError as exc:
-            self._f.close()
+            self.close()
             raise CaptureError(f"{self.path}: {exc}") from None
 
     @property
@@ -175,12 +178,13 @@ class Capture:
     def size(self) -> int:
         """The file's size in bytes (for progress)."""
         try:
-            return self.path.stat().st_size
+            return self.path.stat().st_size if str(self.path) != "-" else 0
         except OSError:
             return 0
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not sys.stdin.buffer:
+            self._f.close()
 
     def __enter__(self) -> Capture:
         return self

@@ -289,6 +289,17 @@ def test_annotate_comments_every_packet(tmp_path: Path) -> None:
     assert records(out)[0][1][6][0] == "192.168.77.1:38664 -> 192.168.77.2:9527 UDP len=106"
 
 
+def test_annotate_reads_standard_input(tmp_path: Path) -> None:
+    pkts = [vxlan(echo(i)) for i in range(3)]
+    wrpcap(str(tmp_path / "in.pcap"), pkts)
+    out = tmp_path / "out.pcapng"
+    res = subprocess.run([sys.executable, "-m", "tracer", "annotate", "-", "-o", str(out)],
+                         input=(tmp_path / "in.pcap").read_bytes(), capture_output=True,
+                         cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert [r[6][0] for r in records(out)[0]] == [decode(bytes(p)).summary() for p in pkts]
+
+
 def test_annotate_json_flow_summary(tmp_path: Path) -> None:
     pkts = [vxlan(echo(1)), vxlan(echo(2)), vxlan(echo(3), vni=2),
             Ether(**MAC) / IP(src=POD_B, dst=POD_A) / ICMP(type=0, id=7133, seq=1),

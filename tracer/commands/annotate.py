@@ -47,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", type=Path, metavar="IN", help="pcap or pcapng file")
+    p.add_argument("input", type=Path, metavar="IN",
+                   help="pcap or pcapng file ('-': standard input, e.g. from tcpdump -w -)")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output file (pcapng, or JSON lines with --format json); '-' is stdout")
     p.add_argument("--format", choices=("pcapng", "json"), default="pcapng",
@@ -143,14 +144,14 @@ class KernelPaths:
             off = self.offsets[c.source]
             at = None
             if ts_ns is None:
-                rank = (id(c) in self._used, c.first_ns)
+                rank = (int(id(c) in self._used), c.first_ns)
             elif off is None:
                 # no common clock: identity decides; among equal identities the time on a
                 # clock offset learned from an unambiguous match, else the earliest chain
                 # not yet given to a packet
                 learned = self.learned[c.source]
                 if learned is None:
-                    rank = (id(c) in self._used, c.first_ns)
+                    rank = (int(id(c) in self._used), c.first_ns)
                 else:
                     t = ts_ns - learned
                     rank = (0, max(c.first_ns - t, t - c.last_ns, 0))
@@ -244,7 +245,7 @@ def _open_output(args: argparse.Namespace, binary: bool) -> IO[Any] | None:
         return sys.stdout.buffer if binary else sys.stdout
     out = Path(args.output)
     try:
-        if out.exists() and out.resolve() == args.input.resolve():
+        if out.exists() and str(args.input) != "-" and out.resolve() == args.input.resolve():
             raise UsageError(f"-o {out}: is the input file")
         return out.open("wb" if binary else "w")
     except OSError as exc:
@@ -266,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     paths = KernelPaths(args.trace, ports, args.window) if args.trace else None
     want_progress = args.progress or sys.stderr.isatty()
+    failed: CaptureError | None = None
     with cap:
         fp = _open_output(args, pcapng)
         try:
@@ -273,8 +275,6 @@ def run(args: argparse.Namespace) -> int:
                                Progress(want_progress, cap.size()), pcapng)
         except CaptureError as exc:  # e.g. an unknown link type on a later pcapng interface
             failed = exc
-        else:
-            failed = None
         finally:
             if fp is not None and fp not in (sys.stdout, sys.stdout.buffer):
                 fp.close()
