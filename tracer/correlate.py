@@ -253,6 +253,17 @@ _STR_COLS = ("src", "dst", "tunnel", "q_dst")
 _NONE_ROW = (0,) * 15 + (-1, -1, -1, 0, 0, 0)
 
 
+def _normal(h: str, kind: str) -> str:
+    """``kind:hex`` with what hop-by-hop forwarding changes blanked, so that one decode serves
+    every hop of a packet: an untagged IPv4 frame's Ethernet header (MACs change at every
+    router) and the outer IPv4 TTL and checksum. Nothing correlation reads is lost."""
+    if kind == "eth" and h[24:28] == "0800" and len(h) > 68:
+        h, kind = h[28:], "ip"
+    if kind == "ip" and h[:1] == "4" and len(h) >= 24:
+        h = h[:16] + "00" + h[18:20] + "0000" + h[24:]
+    return f"{kind}:{h}"
+
+
 def _decode_all(hdrs: Sequence[str], kinds: Sequence[str], ports: PortMap) -> _Headers:
     """Decode each distinct header once; one row of ints and strings per header.
 
@@ -379,10 +390,12 @@ class _Correlator:
         nk = len(ev["hdr_kind"].cat.categories) + 1
         hcats = np.asarray(ev["hdr"].cat.categories, dtype=object)
         kcats = np.asarray(ev["hdr_kind"].cat.categories, dtype=object)
-        uh = [hcats[c // nk] if c // nk >= 0 else "" for c in uniq]
-        uk = [kcats[c % nk] if c % nk < len(kcats) else "" for c in uniq]
-        self.h = _decode_all(uh, uk, ports)
-        self.d = dcode.astype(np.int64)
+        norm = [_normal(hcats[c // nk] if c // nk >= 0 else "",
+                        kcats[c % nk] if c % nk < len(kcats) else "") for c in uniq]
+        ncode, nuniq = pd.factorize(np.asarray(norm, dtype=object), sort=False)
+        parts = [str(x).split(":", 1) for x in nuniq]
+        self.h = _decode_all([p[1] for p in parts], [p[0] for p in parts], ports)
+        self.d = ncode[dcode].astype(np.int64)
         c = self.h.cols
         for name in ("tuple_id", "key_id", "ident_id", "ntun", "proto"):
             ev[name] = c[name][self.d]
