@@ -183,9 +183,10 @@ def plan(lab: Lab, kind: str, hook: str | None = None, rules: int = 5000, mtu: i
         add += ["dev", r.ifname] if r.ifname else []
         add += ["onlink"] if r.onlink else []
         add += ["scope", "link"] if r.scope == "link" else []
+        add += ["proto", "static"]  # as the lab's pyroute2 added it
         ns = lab.netns(node)
         act = Action(ns, ["ip", "route", "del", r.dst], add)
-        return Fault(kind, f"no-route: {' '.join(add[3:])} deleted in {ns}", [act])
+        return Fault(kind, f"no-route: {' '.join(add[3:-2])} deleted in {ns}", [act])
     if kind == "slow-rules":
         return _slow_rules(lab, client, rules)
     raise UsageError(f"unknown fault {kind!r}; faults: {', '.join(KINDS)}")
