@@ -81,7 +81,9 @@ class Draft:
     daemons: list[Daemon] = dataclasses.field(default_factory=list)
 
     def freeze(self, name: str, summary: str, picture: str, **extra: Any) -> Topology:
-        fields = {f.name: tuple(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        fields: dict[str, Any] = {
+            f.name: tuple(getattr(self, f.name)) for f in dataclasses.fields(self)
+        }
         return Topology(name=name, summary=summary, picture=picture, **fields, **extra)
 
     def node_sysctls(self, node: str, bridge_nf: bool = True) -> None:

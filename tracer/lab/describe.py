@@ -38,13 +38,13 @@ def device_lines(topo: Topology, short: str) -> list[str]:
             )
             vni = f" id {tn.vni}" if tn.vni is not None else ""
             what[tn.ifname] = f"{tn.kind}{vni} {ends}".rstrip()
-    for d in topo.dummies:
-        if d.ns == short:
-            what[d.ifname] = "dummy"
+    for dummy in topo.dummies:
+        if dummy.ns == short:
+            what[dummy.ifname] = "dummy"
     mtus = {v.ifname: v.mtu for v in topo.veths if v.ns == short and v.mtu}
     mtus |= {v.peer_ifname: v.mtu for v in topo.veths if v.peer_ns == short and v.mtu}
     for group in (topo.bridges, topo.vxlans, topo.tuns, topo.macvlans, topo.tunnels):
-        mtus |= {x.ifname: x.mtu for x in group if x.ns == short and x.mtu}  # type: ignore[attr-defined]
+        mtus |= {x.ifname: x.mtu for x in group if x.ns == short and x.mtu}
     lines = []
     for ifname in topo.interfaces(short):
         addrs = [a.cidr for a in topo.addresses if a.ns == short and a.ifname == ifname]

@@ -158,9 +158,9 @@ def plan(lab: Lab, kind: str, hook: str | None = None, rules: int = 5000, mtu: i
         node, ifname = topo.faults.loose_rpf
         key = f"net/ipv4/conf/{ifname}/rp_filter"
         ns = lab.netns(node)
-        old = ns_run(ns, ["sysctl", "-n", key]).strip()
-        act = Action(ns, ["sysctl", "-q", "-w", f"{key}=1"], ["sysctl", "-q", "-w", f"{key}={old}"])
-        return Fault(kind, f"rp-filter: strict on {ifname} in {ns} (was {old})", [act])
+        was = ns_run(ns, ["sysctl", "-n", key]).strip()
+        act = Action(ns, ["sysctl", "-q", "-w", f"{key}=1"], ["sysctl", "-q", "-w", f"{key}={was}"])
+        return Fault(kind, f"rp-filter: strict on {ifname} in {ns} (was {was})", [act])
     if kind == "no-route":
         node = _node_of(lab, client)
         addr = ipaddress.IPv4Address(dst)

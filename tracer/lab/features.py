@@ -31,7 +31,10 @@ _PROBE_ARGS: dict[str, dict[str, Any]] = {
     "dummy": {},
     "tuntap": {"mode": "tun"},
 }
-_CHILD_KINDS = {"macvlan": {"macvlan_mode": "bridge"}, "ipvlan": {"ipvlan_mode": 0}}
+_CHILD_KINDS: dict[str, dict[str, Any]] = {
+    "macvlan": {"macvlan_mode": "bridge"},
+    "ipvlan": {"ipvlan_mode": 0},
+}
 
 
 def _device_kind_works(ipr: IPRoute, kind: str, parent: int) -> bool:
