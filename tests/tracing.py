@@ -3,6 +3,7 @@ with a ready file, wait until every probe is attached, make traffic, stop it, re
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from tracer.names import Topology
 from tracer.tracefile import Trace, read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
+# Start-up takes seconds under emulation: the VM tier (tools/kernel-guest.sh) raises this.
+READY_TIMEOUT_S = float(os.environ.get("HT_READY_TIMEOUT", "15"))
 
 
 def require_kernel() -> None:
@@ -61,7 +64,9 @@ class Running:
 
 
 @contextmanager
-def tracing(tmp_path: Path, *args: str, ready_timeout: float = 15) -> Iterator[Running]:
+def tracing(
+    tmp_path: Path, *args: str, ready_timeout: float = READY_TIMEOUT_S
+) -> Iterator[Running]:
     """Run ``hoptrace trace ARGS -o FILE`` until the block ends (then SIGINT), always reaped."""
     out = tmp_path / "trace.jsonl"
     ready = tmp_path / "ready"
