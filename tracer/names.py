@@ -8,8 +8,10 @@ Devices are read over netlink with pyroute2, in each namespace.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tracer.errors import UsageError
 
@@ -82,16 +84,45 @@ class Device:
     kind: str  # veth, bridge, vxlan, ... ("" for physical / unknown)
     master: int  # ifindex of the bridge this device is a port of, 0 if none
     port: int = 0  # UDP destination port of a VXLAN/Geneve device
+    peer_netns: str = ""  # a veth's other end: its namespace ("" when unknown or not a veth)
+    peer_ifindex: int = 0
 
 
-def devices(ns: Netns) -> dict[int, Device]:
-    """The devices of one namespace, by ifindex (empty when the namespace is gone)."""
+def _nsid_names(ipr: Any, wanted: set[int], candidates: Sequence[Netns]) -> dict[int, str]:
+    """Which namespace each netns id (as this namespace numbers its peers) stands for."""
+    found: dict[int, str] = {}
+    for other in candidates:
+        if wanted <= found.keys():
+            break
+        try:
+            fd = os.open(other.path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            nsid = (ipr.get_netnsid(fd=fd) or {}).get("nsid")
+        finally:
+            os.close(fd)
+        if nsid in wanted:
+            found[nsid] = other.name
+    return found
+
+
+def devices(ns: Netns, others: Sequence[Netns] = ()) -> dict[int, Device]:
+    """The devices of one namespace, by ifindex (empty when the namespace is gone). A veth's
+    peer is named when it lives here or in one of ``others``."""
     from pyroute2 import NetNS
 
     out: dict[int, Device] = {}
     try:
         with NetNS(ns.path) as ipr:
-            for link in ipr.get_links():
+            links = list(ipr.get_links())
+            wanted = {
+                link.get_attr("IFLA_LINK_NETNSID")
+                for link in links
+                if link.get_attr("IFLA_LINK_NETNSID") is not None
+            }
+            nsids = _nsid_names(ipr, wanted, [o for o in others if o.path != ns.path])
+            for link in links:
                 info = link.get_attr("IFLA_LINKINFO")
                 kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
                 data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
@@ -101,12 +132,19 @@ def devices(ns: Netns) -> dict[int, Device]:
                         data.get_attr("IFLA_VXLAN_PORT" if kind == "vxlan" else "IFLA_GENEVE_PORT")
                         or 0
                     )
+                peer_ns, peer_if = "", 0
+                if kind == "veth" and link.get_attr("IFLA_LINK"):
+                    nsid = link.get_attr("IFLA_LINK_NETNSID")
+                    peer_ns = ns.name if nsid is None else nsids.get(nsid, "")
+                    peer_if = link.get_attr("IFLA_LINK") if peer_ns else 0
                 out[link["index"]] = Device(
                     link["index"],
                     link.get_attr("IFLA_IFNAME"),
                     kind or "",
                     link.get_attr("IFLA_MASTER") or 0,
                     int(port),
+                    peer_ns,
+                    peer_if,
                 )
     except Exception:  # namespace vanished or netlink refused: names fall back to the event's
         return {}
@@ -130,14 +168,23 @@ class Topology:
         topo = cls()
         for ns in namespaces:
             topo._paths[ns.name] = ns.path
-            topo.devs[ns.name] = devices(ns)
+            topo.devs[ns.name] = devices(ns, namespaces)
         return topo
+
+    def peer(self, netns: str, ifindex: int) -> tuple[str, Device] | None:
+        """The other end of a veth, as (netns name, device), when it is known."""
+        d = self.devs.get(netns, {}).get(ifindex)
+        if d is None or not d.peer_netns:
+            return None
+        other = self.devs.get(d.peer_netns, {}).get(d.peer_ifindex)
+        return (d.peer_netns, other) if other else None
 
     def device(self, netns: str, ifindex: int) -> Device | None:
         found = self.devs.get(netns, {}).get(ifindex)
         if found is None and netns in self._paths:
             # a device created after start: read that namespace again, once per miss
-            self.devs[netns] = devices(Netns(netns, self._paths[netns], 0))
+            known = [Netns(n, p, 0) for n, p in self._paths.items()]
+            self.devs[netns] = devices(Netns(netns, self._paths[netns], 0), known)
             self._roles.pop(netns, None)
             found = self.devs[netns].get(ifindex)
         return found
@@ -164,7 +211,9 @@ class Topology:
     def to_json(self) -> dict[str, list[dict[str, object]]]:
         return {
             ns: [
-                {"ifindex": d.ifindex, "name": d.name, "kind": d.kind, "master": d.master}
+                {"ifindex": d.ifindex, "name": d.name, "kind": d.kind, "master": d.master,
+                 **({"port": d.port} if d.port else {}),
+                 **({"peer": [d.peer_netns, d.peer_ifindex]} if d.peer_netns else {})}
                 for d in sorted(devs.values(), key=lambda d: d.ifindex)
             ]
             for ns, devs in self.devs.items()
@@ -180,6 +229,8 @@ class Topology:
                         str(d["name"]),
                         str(d["kind"]),
                         int(d["master"]),  # type: ignore[arg-type]
+                        int(d.get("port", 0)),  # type: ignore[arg-type]
+                        *(d.get("peer") or ("", 0)),  # type: ignore[arg-type]
                     )
                     for d in devs
                 }
