@@ -15,6 +15,12 @@ int caps_fentry(void *ctx)
 	return 0;
 }
 
+SEC("fexit/ip_rcv")
+int caps_fexit(void *ctx)
+{
+	return 0;
+}
+
 SEC("kprobe/ip_rcv")
 int caps_kprobe(void *ctx)
 {

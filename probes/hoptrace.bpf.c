@@ -659,6 +659,52 @@ int nf_last(struct bpf_nf_ctx *ctx)
 	return nf_handle(ctx, HT_PROBE_NF_LAST);
 }
 
+/* ---- netfilter hooks from nf_hook_slow (kernels without BPF netfilter links, e.g. 6.1) ----
+ * int nf_hook_slow(struct sk_buff *skb, struct nf_hook_state *state,
+ *                  const struct nf_hook_entries *e, unsigned int s)
+ * runs every hook function of one hook. Entry: the packet enters the hook (NF_FIRST). Return 1:
+ * every hook function accepted it (NF_LAST). Otherwise it was dropped (kfree_skb reports it,
+ * with its reason) or stolen/queued: the skb must not be read then, it may be freed. Only IPv4
+ * and IPv6, like the netfilter links (bridged IPv4 shows in the IPv4 hooks via br_netfilter). */
+
+static __always_inline int nfs_handle(struct sk_buff *skb, struct nf_hook_state *st, __u16 probe,
+				      const bool direct)
+{
+	struct hook_info hi = { .probe = probe };
+	__u8 pf = RD(direct, st->pf, st, pf);
+	__u8 hook = RD(direct, st->hook, st, hook);
+
+	if (pf != 2 /* NFPROTO_IPV4 */ && pf != 10 /* NFPROTO_IPV6 */)
+		return 0;
+	hi.nf_hook = hook;
+	hi.nf_pf = pf;
+	hi.nf_prio = probe == HT_PROBE_NF_FIRST ? -0x7fffffff : 0x7ffffffe;
+	hi.net = RD(direct, st->net, st, net);
+	hi.dev = hook >= 3 ? RD(direct, st->out, st, out) : RD(direct, st->in, st, in);
+	return handle(skb, &hi, direct);
+}
+
+SEC("fentry/nf_hook_slow")
+int BPF_PROG(fe_nf_hook_slow, struct sk_buff *skb, struct nf_hook_state *state)
+{
+	return nfs_handle(skb, state, HT_PROBE_NF_FIRST, true);
+}
+
+SEC("fexit/nf_hook_slow")
+int BPF_PROG(fx_nf_hook_slow, struct sk_buff *skb, struct nf_hook_state *state, const void *e,
+	     unsigned int s, int ret)
+{
+	if (ret != 1)
+		return 0;
+	return nfs_handle(skb, state, HT_PROBE_NF_LAST, true);
+}
+
+SEC("kprobe/nf_hook_slow")
+int BPF_KPROBE(kp_nf_hook_slow, struct sk_buff *skb, struct nf_hook_state *state)
+{
+	return nfs_handle(skb, state, HT_PROBE_NF_FIRST, false);
+}
+
 /* ---- function probes: fentry first, kprobe second (where the kernel allows them) ----------- */
 
 #define FUNC_PROBES(fn, probe_id)                                                  \

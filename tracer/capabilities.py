@@ -81,7 +81,7 @@ def _try(kind: Mech, target: str) -> Verdict:
             if mine:
                 prog = p
             p = lib.bpf_object__next_program(obj, p)
-        if kind in (Mech.FENTRY, Mech.TP_BTF):
+        if kind in (Mech.FENTRY, Mech.FEXIT, Mech.TP_BTF):
             lib.bpf_program__set_attach_target(prog, 0, target.encode())
         if kind == Mech.NETFILTER:
             lib.bpf_program__set_type(prog, libbpf.BPF_PROG_TYPE_NETFILTER)

@@ -5,7 +5,7 @@ hoptrace falls back to. Ids come from ``enum ht_probe`` in ``probes/hoptrace.h``
 object's BTF by name); ``hoptrace doctor`` prints this table with what the running kernel chose;
 docs/probes.md is checked against it by tests.
 
-Mechanisms, best first: ``fentry`` (BPF trampoline), ``kprobe``, ``tp_btf`` (typed tracepoint),
+Mechanisms, best first: ``fentry``/``fexit`` (BPF trampoline), ``kprobe``, ``tp_btf`` (typed tracepoint),
 ``netfilter`` (BPF netfilter link, per netns), and ``inferred`` (no probe: the point is
 reconstructed from neighbouring events; see tracer/hops.py).
 """
@@ -18,6 +18,7 @@ from enum import StrEnum
 
 class Mech(StrEnum):
     FENTRY = "fentry"
+    FEXIT = "fexit"
     KPROBE = "kprobe"
     TP_BTF = "tp_btf"
     NETFILTER = "netfilter"
@@ -87,7 +88,11 @@ CATALOGUE: tuple[ProbePoint, ...] = (
         "HT_PROBE_NF_FIRST",
         "nf",
         True,
-        (Mechanism(Mech.NETFILTER, "nf_first", "IPv4+IPv6, 5 hooks, priority INT_MIN+1"),),
+        (
+            Mechanism(Mech.FENTRY, "fe_nf_hook_slow", "nf_hook_slow"),
+            Mechanism(Mech.KPROBE, "kp_nf_hook_slow", "nf_hook_slow"),
+            Mechanism(Mech.NETFILTER, "nf_first", "IPv4+IPv6, 5 hooks, priority INT_MIN+1"),
+        ),
         "a packet enters a netfilter hook (before every other hook function)",
     ),
     ProbePoint(
@@ -95,7 +100,10 @@ CATALOGUE: tuple[ProbePoint, ...] = (
         "HT_PROBE_NF_LAST",
         "nf-out",
         True,
-        (Mechanism(Mech.NETFILTER, "nf_last", "IPv4+IPv6, 5 hooks, priority INT_MAX-1"),),
+        (
+            Mechanism(Mech.FEXIT, "fx_nf_hook_slow", "nf_hook_slow"),
+            Mechanism(Mech.NETFILTER, "nf_last", "IPv4+IPv6, 5 hooks, priority INT_MAX-1"),
+        ),
         "a packet leaves a netfilter hook accepted (a first without a last: dropped inside)",
     ),
     ProbePoint(
