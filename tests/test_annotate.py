@@ -351,6 +351,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, content: bytes, messag
     (["-o", "IN"], "is the input file"),
     (["-o", "OUT", "--trace", "MISSING"], "cannot read trace file"),
     (["-o", "OUT", "--window", "0"], "--window must be positive"),
+    (["--format", "json", "--trace", "MISSING"], "it does nothing with --format json"),
 ])
 def test_bad_options_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     wrpcap(str(tmp_path / "in.pcap"), [Ether() / echo(1)])

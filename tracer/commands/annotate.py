@@ -261,6 +261,9 @@ def run(args: argparse.Namespace) -> int:
     if pcapng and args.output is None:
         raise UsageError("annotate writes pcapng: give -o FILE (or -o - for stdout), or "
                          "--format json for the flow summary")
+    if args.trace and not pcapng:
+        raise UsageError("--trace adds kernel paths to the pcapng comments; it does nothing "
+                         "with --format json")
     try:
         cap = Capture(args.input)
     except CaptureError as exc:
