@@ -353,7 +353,7 @@ class _Correlator:
     def run(self) -> Traces:
         ev = self.ev
         if ev.empty:
-            return Traces(self.nodes, ev, *(pd.DataFrame() for _ in range(3)), {})
+            return Traces(self.nodes, ev, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), {})
         ev = self.ev = ev.sort_values(["file", "track", "ts_ns"], kind="stable").reset_index(
             drop=True)
         seg = (ev["file"].to_numpy(np.int64) << 48) + ev["track"].to_numpy(np.int64)

@@ -119,7 +119,8 @@ def _drops(tr: Traces) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if h.empty:
         return [], []
     pk = tr.packets.set_index("packet")
-    real, benign = [], []
+    real: list[dict[str, Any]] = []
+    benign: list[dict[str, Any]] = []
     for sel, out in ((h["is_drop"], real), (h["benign"], benign)):
         d = h[sel]
         if d.empty:
