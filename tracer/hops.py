@@ -32,8 +32,8 @@ class HopKind(StrEnum):
     NETFILTER_OUT = "netfilter accept"  # the packet left a hook accepted (last priority)
     ENCAP = "encap"  # a tunnel device (VXLAN, Geneve, ...) takes the packet in to encapsulate
     DECAP = "decap"  # a tunnel device hands up the decapsulated packet
-    UNDERLAY_TX = "underlay tx"  # the encapsulated packet leaves the node
-    UNDERLAY_RX = "underlay rx"  # the encapsulated packet arrives at the node
+    UNDERLAY_TX = "underlay tx"  # the packet leaves the node on its underlay (encapsulated or routed)
+    UNDERLAY_RX = "underlay rx"  # the packet arrives at the node from the underlay
     DEV_TX = "tx"  # any other transmit
     DEV_RX = "rx"  # any other receive
     DROP = "drop"  # freed as dropped, with the kernel's reason
@@ -86,6 +86,8 @@ def classify(ev: Event, topo: Topology, dec: Decoded | None, prev: Event | None)
     dev = topo.device(ev.netns, ev.ifindex)
     kind = dev.kind if dev else ""
     tunnelled = bool(dec and dec.tunnels)
+    if kind in TUNNEL_KINDS:  # before the bridge-port case: Weave's VXLAN device is a port
+        return Hop(HopKind.DECAP, "rx") if rx else Hop(HopKind.ENCAP, "tx")
     if kind == "bridge":
         return (
             Hop(HopKind.BRIDGE_UP, "rx", "br_pass_frame_up") if rx else Hop(HopKind.BRIDGE_TX, "tx")
@@ -98,13 +100,14 @@ def classify(ev: Event, topo: Topology, dec: Decoded | None, prev: Event | None)
             if pdev and pdev.master == dev.master and pdev.ifindex != dev.ifindex:
                 return Hop(HopKind.BRIDGE_FORWARD, "tx", "br_forward")
         return Hop(HopKind.VETH_TX, "tx")
-    if kind in TUNNEL_KINDS:
-        return Hop(HopKind.DECAP, "rx") if rx else Hop(HopKind.ENCAP, "tx")
     if tunnelled:
         return Hop(HopKind.UNDERLAY_RX, "rx") if rx else Hop(HopKind.UNDERLAY_TX, "tx")
     if topo.role(ev.netns) == "pod":
         return Hop(HopKind.POD_RX, "rx") if rx else Hop(HopKind.POD_TX, "tx")
     if kind == "veth":
+        peer = topo.peer(ev.netns, ev.ifindex)
+        if peer and topo.role(peer[0]) == "node":  # node to node (or switch): the underlay
+            return Hop(HopKind.UNDERLAY_RX, "rx") if rx else Hop(HopKind.UNDERLAY_TX, "tx")
         return Hop(HopKind.VETH_RX, "rx") if rx else Hop(HopKind.VETH_TX, "tx")
     return Hop(HopKind.DEV_RX, "rx") if rx else Hop(HopKind.DEV_TX, "tx")
 

@@ -84,8 +84,12 @@ class Device:
     kind: str  # veth, bridge, vxlan, ... ("" for physical / unknown)
     master: int  # ifindex of the bridge this device is a port of, 0 if none
     port: int = 0  # UDP destination port of a VXLAN/Geneve device
-    peer_netns: str = ""  # a veth's other end: its namespace ("" when unknown or not a veth)
-    peer_ifindex: int = 0
+    peer_netns: str = ""  # a veth's other end, a macvlan's lower device: its namespace ("" when
+    peer_ifindex: int = 0  # unknown, or a device linked to nothing)
+
+
+# devices whose IFLA_LINK names another device, possibly in another namespace
+LINKED_KINDS = ("veth", "macvlan", "ipvlan")
 
 
 def _nsid_names(ipr: Any, wanted: set[int], candidates: Sequence[Netns]) -> dict[int, str]:
@@ -133,7 +137,7 @@ def devices(ns: Netns, others: Sequence[Netns] = ()) -> dict[int, Device]:
                         or 0
                     )
                 peer_ns, peer_if = "", 0
-                if kind == "veth" and link.get_attr("IFLA_LINK"):
+                if kind in LINKED_KINDS and link.get_attr("IFLA_LINK"):
                     nsid = link.get_attr("IFLA_LINK_NETNSID")
                     peer_ns = ns.name if nsid is None else nsids.get(nsid, "")
                     peer_if = link.get_attr("IFLA_LINK") if peer_ns else 0
@@ -199,14 +203,28 @@ class Topology:
         }
 
     def role(self, netns: str) -> str:
-        """``node`` for the host and namespaces that bridge or tunnel; ``pod`` for the rest."""
+        """``node`` for the host, namespaces that bridge or tunnel, and namespaces linked (by
+        veth or macvlan) to two or more others (routed nodes such as Calico's, a switch);
+        ``pod`` for the rest."""
         role = self._roles.get(netns)
         if role is None:
             kinds = {d.kind for d in self.devs.get(netns, {}).values()}
             tunnel_or_bridge = kinds & {"bridge", "vxlan", "geneve", "ipip", "gre", "tun"}
-            role = "node" if netns == HOST or tunnel_or_bridge else "pod"
+            role = "node" if netns == HOST or tunnel_or_bridge or len(self.linked(netns)) >= 2 \
+                else "pod"
             self._roles[netns] = role
         return role
+
+    def linked(self, netns: str) -> set[str]:
+        """Namespaces joined to ``netns`` by a veth or a macvlan/ipvlan, either way round."""
+        out = {d.peer_netns for d in self.devs.get(netns, {}).values() if d.peer_netns}
+        out |= {
+            ns
+            for ns, devs in self.devs.items()
+            if any(d.peer_netns == netns for d in devs.values())
+        }
+        out.discard(netns)
+        return out
 
     def to_json(self) -> dict[str, list[dict[str, object]]]:
         return {
