@@ -5,8 +5,8 @@ hoptrace falls back to. Ids come from ``enum ht_probe`` in ``probes/hoptrace.h``
 object's BTF by name); ``hoptrace doctor`` prints this table with what the running kernel chose;
 docs/probes.md is checked against it by tests.
 
-Mechanisms, best first: ``fentry``/``fexit`` (BPF trampoline), ``kprobe``, ``tp_btf`` (typed tracepoint),
-``netfilter`` (BPF netfilter link, per netns), and ``inferred`` (no probe: the point is
+Mechanisms, best first: ``fentry``/``fexit`` (BPF trampoline), ``kprobe``, ``tp_btf`` (typed
+tracepoint), ``netfilter`` (BPF netfilter link, per netns), and ``inferred`` (no probe: the point is
 reconstructed from neighbouring events; see tracer/hops.py).
 """
 

@@ -32,7 +32,7 @@ class HopKind(StrEnum):
     NETFILTER_OUT = "netfilter accept"  # the packet left a hook accepted (last priority)
     ENCAP = "encap"  # a tunnel device (VXLAN, Geneve, ...) takes the packet in to encapsulate
     DECAP = "decap"  # a tunnel device hands up the decapsulated packet
-    UNDERLAY_TX = "underlay tx"  # the packet leaves the node on its underlay (encapsulated or routed)
+    UNDERLAY_TX = "underlay tx"  # the packet leaves the node on its underlay (tunnelled or routed)
     UNDERLAY_RX = "underlay rx"  # the packet arrives at the node from the underlay
     DEV_TX = "tx"  # any other transmit
     DEV_RX = "rx"  # any other receive
