@@ -229,7 +229,8 @@ def test_no_match_decisions_never_hide_a_matching_packet(vxlan_lab: Lab, tmp_pat
                 "timeout", "10", "python3", "-c",
                 "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                 f"for i in range({n}):\n"
-                f"    s.sendto(b'no' * 20, ('{b1}', 7000)); s.sendto(b'yes%05d' % i, ('{b1}', 7001))\n"
+                f"    s.sendto(b'no' * 20, ('{b1}', 7000))\n"
+                f"    s.sendto(b'yes%05d' % i, ('{b1}', 7001))\n"
                 "    time.sleep(0.002)",
             ],
             timeout=15,
