@@ -30,6 +30,12 @@ VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 #: OUTLIER_MIN_NS: lab hops take 1-100 us, so only real stalls (ms) are reported.
 OUTLIER_FACTOR = 10.0
 OUTLIER_MIN_NS = 1_000_000
+#: A netfilter hook is slow when the median time inside it is at least NF_SLOW_MIN_NS and
+#: NF_SLOW_FACTOR times the median of every other hook traversal of the same kind of packet
+#: (lab: 1-25 us per hook; 10000 iptables rules in front of a Service rule: 100-300 us).
+NF_SLOW_MIN_NS = 50_000
+NF_SLOW_FACTOR = 4.0
+NF_SLOW_MIN_SAMPLES = 2
 
 
 def _us(ns: float) -> str:
@@ -286,6 +292,136 @@ def vxlan_no_listener(tr: Traces, d: pd.DataFrame) -> list[Finding]:
     return out
 
 
+def wrong_fdb(tr: Traces, d: pd.DataFrame) -> list[Finding]:
+    """Decapsulated on a node the inner packet is not for: dropped there as OTHERHOST (its
+    inner destination MAC is another node's VXLAN device). The sender's fdb entry is wrong."""
+    out: list[Finding] = []
+    oh = d[d["drop_reason"].astype(str) == "OTHERHOST"]
+    if oh.empty:
+        return out
+    h = tr.hops
+    h = h[h["packet"].isin(set(oh["packet"]))]
+    by_packet = dict(tuple(h.groupby("packet", sort=False)))
+    rows = []
+    for r in oh.itertuples():
+        path = by_packet[r.packet]
+        path = path[path.index < r.Index]
+        dec = path[(path["hop"].astype(str) == str(HopKind.DECAP))
+                   & (path["netns"].astype(str) == str(r.netns))
+                   & (path["node"].astype(str) == str(r.node))]
+        if dec.empty and str(r.prev_hop) != str(HopKind.DECAP):
+            continue
+        enc = path[path["change"].astype(str).str.startswith("encapsulated")]
+        encap_dev = path[path["hop"].astype(str) == str(HopKind.ENCAP)]
+        outer = ""
+        if len(enc):
+            outer = str(enc["change"].iloc[-1]).rsplit(" ", 1)[-1]
+        rows.append({"packet": r.packet, "flow": r.flow, "summary": r.summary,
+                     "node": str(r.node), "netns": str(r.netns), "ifname": str(r.ifname),
+                     "dst": str(r.dst),
+                     "enc_node": str(encap_dev["node"].iloc[-1]) if len(encap_dev) else "",
+                     "enc_netns": str(encap_dev["netns"].iloc[-1]) if len(encap_dev) else "",
+                     "enc_if": str(encap_dev["ifname"].iloc[-1]) if len(encap_dev) else "",
+                     "outer": outer})
+    if not rows:
+        return out
+    df = pd.DataFrame(rows)
+    for (netns, dst, enc_netns), g in df.groupby(["netns", "dst", "enc_netns"]):
+        node, ifname = g["node"].iloc[0], g["ifname"].iloc[0]
+        enc_if = g["enc_if"].iloc[0] or ifname or "<vxlan>"
+        outer = g["outer"].iloc[0]
+        sender = (f"{enc_netns} (node {g['enc_node'].iloc[0]})" if enc_netns
+                  else "the sending node")
+        ev = []
+        if enc_netns:
+            ev.append(f"encapsulated on {enc_if} in {sender}"
+                      + (f", outer {outer}" if outer else ""))
+        ev.append(f"{len(g)} packet(s) for {dst} decapsulated on {ifname} in {netns} (node "
+                  f"{node}) and dropped there with reason OTHERHOST: the inner frame's MAC is "
+                  "not this node's")
+        ev += [f"packet: {s}" for s in g["summary"].head(3)]
+        ns_cmd = f"ip netns exec {enc_netns} " if enc_netns else ""
+        out.append(_finding(
+            "wrong-fdb",
+            f"VXLAN delivered {dst}'s packets to {netns} (node {node}), which does not own "
+            "that address",
+            f"The VXLAN forwarding entry on the sender points the destination node's MAC at "
+            f"the wrong underlay address{f' ({outer.split(chr(62))[-1]})' if outer else ''}: "
+            f"check the fdb/neighbour entries for {enc_if} on {sender}: "
+            f"{ns_cmd}bridge fdb show dev {enc_if} ; {ns_cmd}ip neigh show dev {enc_if} "
+            "(flannel/calico rewrite them from the node list: a stale or misdirected entry, "
+            "a node IP reused, or the agent not running there).",
+            ev, len(g), g["flow"]))
+    return out
+
+
+def _hook_times(tr: Traces) -> pd.DataFrame:
+    """One row per netfilter hook traversal: time from nf_hook_first to the packet's next
+    event in the same netns (the time spent in the hook's rules), and whether the packet is
+    its flow's first (a new connection: the nat table and other per-connection rules)."""
+    h = tr.hops
+    ev = tr.events
+    if h.empty or "nf_hook" not in ev.columns:
+        return pd.DataFrame()
+    pk = h["packet"].to_numpy()
+    ns = h["netns"].astype(str).to_numpy()
+    nd = h["node"].astype(str).to_numpy()
+    nxt = np.r_[(pk[1:] == pk[:-1]) & (ns[1:] == ns[:-1]) & (nd[1:] == nd[:-1]), False]
+    rows = np.flatnonzero((h["probe"].astype(str) == "nf_hook_first").to_numpy() & nxt)
+    if not len(rows):
+        return pd.DataFrame()
+    t = h["ts_ns"].to_numpy(np.int64)
+    hook = ev.loc[h["event"].to_numpy()[rows], "nf_hook"].astype(str).to_numpy()
+    out = pd.DataFrame({"packet": pk[rows], "node": nd[rows], "netns": ns[rows],
+                        "hook": hook, "ifname": h["ifname"].astype(str).to_numpy()[rows],
+                        "inside_ns": t[rows + 1] - t[rows]})
+    p = tr.packets
+    first = p.sort_values("first_ns", kind="stable").groupby("flow")["packet"].first()
+    out["new_conn"] = out["packet"].isin(first.to_numpy())
+    out["flow"] = p.set_index("packet").loc[out["packet"], "flow"].to_numpy()
+    return out
+
+
+def slow_hooks(tr: Traces) -> list[Finding]:
+    """A netfilter hook whose rules take far longer than the other hooks (long rule chains)."""
+    ht = _hook_times(tr)
+    if ht.empty:
+        return []
+    out: list[Finding] = []
+    seen: set[tuple[str, str, str]] = set()
+    for new_conn, pop in ((True, ht[ht["new_conn"]]), (False, ht)):
+        for (node, netns, hook), g in pop.groupby(["node", "netns", "hook"]):
+            if (node, netns, hook) in seen or len(g) < NF_SLOW_MIN_SAMPLES:
+                continue
+            others = pop.loc[~pop.index.isin(g.index), "inside_ns"]
+            if len(others) < NF_SLOW_MIN_SAMPLES:
+                continue
+            med = float(g["inside_ns"].median())
+            typical = float(others.median())
+            if med < NF_SLOW_MIN_NS or med < NF_SLOW_FACTOR * max(typical, 1.0):
+                continue
+            seen.add((node, netns, hook))
+            cmd = {"FORWARD": "FORWARD", "LOCAL_IN": "INPUT", "LOCAL_OUT": "OUTPUT",
+                   "PRE_ROUTING": "PREROUTING", "POST_ROUTING": "POSTROUTING"}.get(hook, hook)
+            which = "new connections' first packets" if new_conn else "packets"
+            out.append(_finding(
+                "slow-rules",
+                f"Netfilter hook {hook} in netns {netns} (node {node}) is slow: "
+                f"{_us(med)} per packet vs {_us(typical)} for other hooks",
+                "The packet spends its time walking rules in this hook: long rule chains "
+                f"(count them: ip netns exec {netns} iptables-save | wc -l ; iptables -t nat "
+                f"-S {cmd} ; nft list ruleset | wc -l). kube-proxy in iptables mode puts one "
+                "rule per Service port in KUBE-SERVICES and new connections walk them in "
+                "order: consider kube-proxy in nftables or IPVS mode, or fewer Services.",
+                [f"{which}: median {_us(med)} inside nf:{hook} on "
+                 f"{g['ifname'].iloc[0] or '-'} (netns {netns}), max "
+                 f"{_us(float(g['inside_ns'].max()))} over {len(g)} traversal(s)",
+                 f"other netfilter hooks on these paths: median {_us(typical)} over "
+                 f"{len(others)} traversal(s) ({med / max(typical, 1.0):.0f}x)"],
+                len(g), g["flow"]))
+    return out
+
+
 def latency_outliers(tr: Traces, paths: dict[int, list[dict[str, Any]]]) -> list[Finding]:
     """Hops whose median latency stands out from the rest of the path (report paths)."""
     out = []
@@ -320,11 +456,12 @@ def diagnose(tr: Traces, paths: dict[int, list[dict[str, Any]]]) -> list[Finding
     """All findings, most actionable first."""
     d = _drops(tr)
     if d.empty:
-        d = pd.DataFrame(columns=["drop_reason", "node", "netns", "drop_hook", "flow",
-                                  "prev_ifname", "prev_label", "ifname", "len", "summary",
-                                  "src", "dst", "proto", "dec"])
+        d = pd.DataFrame(columns=["packet", "drop_reason", "node", "netns", "drop_hook", "flow",
+                                  "prev_hop", "prev_ifname", "prev_label", "ifname", "len",
+                                  "summary", "src", "dst", "proto", "dec"])
     out: list[Finding] = []
-    for rule in (netfilter_drops, rp_filter, no_route, mtu, vxlan_no_listener):
+    for rule in (netfilter_drops, rp_filter, no_route, mtu, vxlan_no_listener, wrong_fdb):
         out += rule(tr, d)
+    out += slow_hooks(tr)
     out += latency_outliers(tr, paths)
     return out
