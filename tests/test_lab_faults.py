@@ -39,7 +39,7 @@ def fault_cli(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def traced(
-    lab: Lab, tmp_path: Path, flt: str, traffic: Callable[[], None]
+    lab: Lab, tmp_path: Path, flt: str, traffic: Callable[[], object]
 ) -> tuple[list[Chain], Path]:
     with tracing(tmp_path, flt, "--netns", ",".join(lab.namespaces())) as run:
         traffic()
@@ -120,7 +120,7 @@ def test_wrong_fdb_sends_vxlan_to_the_wrong_node(
     a1, b1 = lab.addr("a1"), lab.addr("b1")
     before = {"n1": state(lab, "n1")}
     assert "to n3 192.168.77.3 instead of 192.168.77.2" in fault_cli(lab, "wrong-fdb").stdout
-    chains, _ = traced(lab, tmp_path, "icmp", lambda: ping(lab, "a1", b1))
+    chains, out = traced(lab, tmp_path, "icmp", lambda: ping(lab, "a1", b1))
     req = find(chains, a1, b1)
     assert "encapsulated VXLAN vni 1 192.168.77.1>192.168.77.3" in changes(req), render(req)
     on = [s.event.netns for s in req.steps]
@@ -129,9 +129,14 @@ def test_wrong_fdb_sends_vxlan_to_the_wrong_node(
     assert req.dropped and req.last.event.netns == lab.netns("n3"), render(req)
     assert (req.last.event.ifname, req.last.event.drop_reason) == ("flannel.1", "OTHERHOST")
     assert req.steps[-2].hop.kind == H.DECAP
-    # TODO(report): hoptrace report has no rule for this yet (an OTHERHOST drop right after
-    # decapsulation on a node the inner packet is not for = a stale/wrong fdb entry); it
-    # reports nothing for this trace. Assert its rule here once it exists.
+    found = diagnosis(out)
+    assert [f["rule"] for f in found] == ["wrong-fdb"], found
+    f = found[0]
+    assert f"to {lab.netns('n3')}" in str(f["title"]) and b1 in str(f["title"])
+    assert "bridge fdb show dev flannel.1" in str(f["detail"])
+    assert lab.netns("n1") in str(f["detail"])  # the sender's entry is the one to fix
+    ev = str(f["evidence"])
+    assert "outer 192.168.77.1>192.168.77.3" in ev and "OTHERHOST" in ev
     assert_cleared(lab, before)
     assert ping(lab, "a1", b1).returncode == 0
 
@@ -231,7 +236,7 @@ def test_thousands_of_rules_before_the_service(
         return statistics.median(_pre_routing_ns(c, n1) for c in syns)
 
     flt = "tcp port 80 or tcp port 8080"
-    base_chains, _ = traced(lab, tmp_path / "base", flt, connects)
+    base_chains, base_out = traced(lab, tmp_path / "base", flt, connects)
     base = syn_pre_routing(base_chains)
     fault_cli(lab, "slow-rules", "--rules", "10000")
     slow_chains, out = traced(lab, tmp_path / "slow", flt, connects)
@@ -239,8 +244,12 @@ def test_thousands_of_rules_before_the_service(
     # the SYN walks 10000 rules in KUBE-SERVICES (later packets ride conntrack): about
     # 16 ns a rule here, against ~25 us for the hook's usual work on a new connection
     assert slow > 3 * base and slow - base > 80_000, (base, slow)
-    # TODO(report): no diagnosis names slow rules yet (the latency rule wants hops over
-    # 1 ms); the report file is kept in tmp_path for whoever adds it.
-    assert out.exists()
+    # the report names the hook on n1 for the slow run, and nothing for the same traffic
+    # before the fault
+    assert "slow-rules" not in rules(base_out)
+    found = [f for f in diagnosis(out) if f["rule"] == "slow-rules"]
+    assert len(found) >= 1, diagnosis(out)
+    f = next(f for f in found if "PRE_ROUTING" in str(f["title"]))
+    assert n1 in str(f["title"]) and "iptables-save | wc -l" in str(f["detail"])
     assert_cleared(lab, before)
     assert tcp(lab, "a1", "10.96.0.10", 80) in ("a2", "b1")
