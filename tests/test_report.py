@@ -175,3 +175,67 @@ def test_no_negative_latency_anywhere(name: str) -> None:
         for p in f["paths"]:
             for h in p["hops"]:
                 assert all(v is None or v >= 0 for v in h["latency_ns"].values())
+
+
+def _decap_then(n2: Path, out: Path, fn: Any) -> Path:
+    """Copy n2's clean trace; ``fn(rec, state)`` sees every event of a packet decapsulated on
+    n2's flannel.1 after the decapsulation (state: per-track dict) and returns its records."""
+    state: dict[int, dict[str, Any]] = {}
+
+    def edit(rec: dict[str, Any]) -> list[dict[str, Any]]:
+        t = rec["track"]
+        if t in state:
+            return fn(rec, state[t])  # type: ignore[no-any-return]
+        if (rec["netns"], rec["ifname"], rec["probe"]) == ("ht4dev-n2", "flannel.1",
+                                                           "netif_receive_skb"):
+            state[t] = {}
+        return [rec]
+
+    return rewrite(n2, out, edit)
+
+
+def test_otherhost_after_decap_is_a_wrong_fdb(tmp_path: Path) -> None:
+    """Every packet decapsulated on n2 is dropped there as OTHERHOST (its inner MAC is not
+    n2's, as when n1's fdb sends n3's traffic to n2): the sender's fdb entry is named."""
+    n1, n2 = files("clean")
+
+    def drop(rec: dict[str, Any], st: dict[str, Any]) -> list[dict[str, Any]]:
+        if st:
+            return []  # nothing after the drop
+        st["dropped"] = True
+        return [dict(rec, probe="kfree_skb", ifname="flannel.1", nf_hook="", nf_pf="",
+                     nf_prio=0, drop_reason="OTHERHOST", drop_reason_code=13)]
+
+    rep = build(load([n1, _decap_then(n2, tmp_path / "n2.jsonl", drop)]))
+    assert rules(rep) == ["wrong-fdb"]
+    d = rep["diagnosis"][0]
+    assert "10.244.2.2's packets to ht4dev-n2 (node n2)" in d["title"]
+    assert "bridge fdb show dev flannel.1" in d["detail"] and "ht4dev-n1 (node n1)" in d["detail"]
+    ev = " ".join(d["evidence"])
+    assert "encapsulated on flannel.1 in ht4dev-n1 (node n1), outer " in ev
+    assert "reason OTHERHOST" in ev
+    assert d["packets"] == sum(r["packets"] for r in rep["drops"] if r["reason"] == "OTHERHOST")
+
+
+@pytest.mark.parametrize(("extra_ns", "slow"), [(200_000, True), (30_000, False)])
+def test_slow_netfilter_hook_is_named(tmp_path: Path, extra_ns: int, slow: bool) -> None:
+    """Every decapsulated packet held ``extra_ns`` inside n2's PRE_ROUTING hook (as by a long
+    rule chain): 200 us is named (the latency rule wants 1 ms), 30 us is not."""
+    n1, n2 = files("clean")
+
+    def hold(rec: dict[str, Any], st: dict[str, Any]) -> list[dict[str, Any]]:
+        if st:
+            rec["ts_ns"] += extra_ns
+        elif rec["probe"] == "nf_hook_first" and rec["nf_hook"] == "PRE_ROUTING":
+            st["held"] = True  # this event enters the hook; the ones after leave later
+        return [rec]
+
+    rep = build(load([n1, _decap_then(n2, tmp_path / "n2.jsonl", hold)]))
+    if not slow:
+        assert rules(rep) == []
+        return
+    assert rules(rep) == ["slow-rules"]
+    d = rep["diagnosis"][0]
+    assert "PRE_ROUTING on flannel.1 in netns ht4dev-n2 (node n2)" in d["title"]
+    assert "iptables-save | wc -l" in d["detail"] and "IPVS" in d["detail"]
+    assert "on flannel.1" in d["evidence"][0] and "median 20" in d["evidence"][0]

@@ -388,10 +388,10 @@ def slow_hooks(tr: Traces) -> list[Finding]:
     if ht.empty:
         return []
     out: list[Finding] = []
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, str, str, str]] = set()
     for new_conn, pop in ((True, ht[ht["new_conn"]]), (False, ht)):
-        for (node, netns, hook), g in pop.groupby(["node", "netns", "hook"]):
-            if (node, netns, hook) in seen or len(g) < NF_SLOW_MIN_SAMPLES:
+        for (node, netns, hook, ifname), g in pop.groupby(["node", "netns", "hook", "ifname"]):
+            if (node, netns, hook, ifname) in seen or len(g) < NF_SLOW_MIN_SAMPLES:
                 continue
             others = pop.loc[~pop.index.isin(g.index), "inside_ns"]
             if len(others) < NF_SLOW_MIN_SAMPLES:
@@ -400,21 +400,22 @@ def slow_hooks(tr: Traces) -> list[Finding]:
             typical = float(others.median())
             if med < NF_SLOW_MIN_NS or med < NF_SLOW_FACTOR * max(typical, 1.0):
                 continue
-            seen.add((node, netns, hook))
+            seen.add((node, netns, hook, ifname))
             cmd = {"FORWARD": "FORWARD", "LOCAL_IN": "INPUT", "LOCAL_OUT": "OUTPUT",
                    "PRE_ROUTING": "PREROUTING", "POST_ROUTING": "POSTROUTING"}.get(hook, hook)
             which = "new connections' first packets" if new_conn else "packets"
             out.append(_finding(
                 "slow-rules",
-                f"Netfilter hook {hook} in netns {netns} (node {node}) is slow: "
+                f"Netfilter hook {hook} on {ifname or '-'} in netns {netns} (node {node}) is "
+                f"slow: "
                 f"{_us(med)} per packet vs {_us(typical)} for other hooks",
                 "The packet spends its time walking rules in this hook: long rule chains "
                 f"(count them: ip netns exec {netns} iptables-save | wc -l ; iptables -t nat "
                 f"-S {cmd} ; nft list ruleset | wc -l). kube-proxy in iptables mode puts one "
                 "rule per Service port in KUBE-SERVICES and new connections walk them in "
                 "order: consider kube-proxy in nftables or IPVS mode, or fewer Services.",
-                [f"{which}: median {_us(med)} inside nf:{hook} on "
-                 f"{g['ifname'].iloc[0] or '-'} (netns {netns}), max "
+                [f"{which}: median {_us(med)} inside nf:{hook} on {ifname or '-'} "
+                 f"(netns {netns}), max "
                  f"{_us(float(g['inside_ns'].max()))} over {len(g)} traversal(s)",
                  f"other netfilter hooks on these paths: median {_us(typical)} over "
                  f"{len(others)} traversal(s) ({med / max(typical, 1.0):.0f}x)"],
