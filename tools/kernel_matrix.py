@@ -46,9 +46,27 @@ MATRIX = {
 }
 # Debian packages the guest tests need beyond run.sh's base set (iptables: the FORWARD DROP test)
 GUEST_APT = "iptables"
-# Python packages the guest imports (tracer at module level, pytest plugins); versions are the
-# venv's, so the guest runs what the host tests ran.
-GUEST_PY = ("numpy", "pyroute2", "pytest", "pytest-timeout")
+# Python packages for the guest: pyproject's runtime dependencies and the pytest plugins the
+# kernel tests use, with everything they require, at the venv's exact versions (the guest runs
+# what the host tests ran).
+GUEST_TEST_PY = ("pytest", "pytest-timeout")
+PIN_CLOSURE = """
+import importlib.metadata as m, sys, tomllib
+from packaging.requirements import Requirement
+deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"] + sys.argv[2:]
+todo, seen = [Requirement(d).name for d in deps], {}
+while todo:
+    name = todo.pop()
+    key = name.lower().replace("_", "-")
+    if key in seen:
+        continue
+    seen[key] = f"{name}=={m.version(name)}"
+    for r in m.requires(name) or []:
+        req = Requirement(r)
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            todo.append(req.name)
+print(" ".join(sorted(seen.values())))
+"""
 VM_TIMEOUT_S = 1500
 
 
@@ -75,14 +93,13 @@ def venv_python() -> Path:
 
 
 def prepare_site() -> tuple[Path, float]:
-    """build/kernel-tier/site.tar: GUEST_PY at the venv's versions (rebuilt when they change)."""
+    """build/kernel-tier/site.tar: the guest's packages, venv versions (rebuilt on a change)."""
     py = venv_python()
-    code = (
-        "import importlib.metadata as m, sys;"
-        "print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))"
-    )
     pins = subprocess.run(
-        [str(py), "-c", code, *GUEST_PY], capture_output=True, text=True, check=True
+        [str(py), "-c", PIN_CLOSURE, str(ROOT / "pyproject.toml"), *GUEST_TEST_PY],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     tar = OUT / "site.tar"
     stamp = OUT / "site.key"
@@ -108,6 +125,7 @@ def prepare_site() -> tuple[Path, float]:
             "--only-binary=:all:",
             "--python-version=3.11",
             "--implementation=cp",
+            "--no-deps",
             *plats,
             *pins,
         ],
@@ -119,6 +137,10 @@ def prepare_site() -> tuple[Path, float]:
             "-cf",
             str(tar),
             "--exclude=./numpy/*/tests",
+            "--exclude=./pandas/tests",
+            "--exclude=./pyarrow/tests",
+            "--exclude=./pyarrow/include",
+            "--exclude=./pyarrow/src",
             "--exclude=./bin",
             "-C",
             str(target),
@@ -197,9 +219,14 @@ def run_kernel(label: str, package: str, pytest_args: list[str]) -> Result:
         proc = subprocess.Popen(cmd, env=kt_env(), stdout=subprocess.PIPE, stderr=err, text=True)
         assert proc.stdout is not None
         lines = []
+        quiet = False  # machine-readable sections are kept, not shown
         for line in proc.stdout:
             lines.append(line)
-            if not line.startswith("@@"):
+            if line.startswith("@@begin "):
+                quiet = line.split()[1] in ("doctor-json", "junit")
+            elif line.startswith("@@end "):
+                quiet = False
+            elif not quiet:
                 sys.stdout.write("  | " + line)
                 sys.stdout.flush()
         rc = proc.wait()
@@ -263,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("HT_KERNELS_REQUIRED") == "1",
         help="a SKIPPED kernel fails the run (HT_KERNELS_REQUIRED=1)",
     )
+    ap.add_argument(
+        "--probes-from",
+        metavar="DIR",
+        help="use DIR/*.bpf.o (inside the repository) instead of probes/ in the guests",
+    )
     ap.add_argument("pytest_args", nargs="*", help="pytest arguments for the guest (after --)")
     args = ap.parse_args(argv)
     labels = args.kernel or list(MATRIX)
@@ -282,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _, site_s = prepare_site()
         for i, r in enumerate(results):
-            results[i] = run_kernel(r.label, r.package, args.pytest_args)
+            guest_args = list(args.pytest_args)
+            if args.probes_from:
+                rel = Path(args.probes_from).resolve().relative_to(ROOT)
+                guest_args = ["--probes-from", str(rel), *guest_args]
+            results[i] = run_kernel(r.label, r.package, guest_args)
             results[i].timings["site_s"] = round(site_s, 1) if i == 0 else 0.0
             log(f"{r.label}: {results[i].status} {results[i].reason} {results[i].counts}")
     total = round(time.monotonic() - t_all, 1)

@@ -46,10 +46,12 @@ def require_mechanism(kind: Mech, target: str = "ip_rcv") -> None:
     pytest.skip(f"{kind} on {target} is refused by this kernel: {verdict.error}")
 
 
-def require_netfilter_link() -> None:
-    verdict = check(Mech.NETFILTER, "netfilter")
-    if not verdict.ok:
-        pytest.skip(f"no BPF netfilter link here ({verdict.error}): hoptrace trace cannot run")
+def require_core_points() -> None:
+    """Skip when a core point (the netfilter hooks, say) has no mechanism here."""
+    for c in choose_all():
+        if c.point.core and c.chosen is None:
+            why = "; ".join(f"{m.kind}: {v.error}" for m, v in c.rejected)
+            pytest.skip(f"core probe {c.point.name} has no mechanism here ({why})")
 
 
 def kernel_version() -> tuple[int, int]:
@@ -58,32 +60,35 @@ def kernel_version() -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def test_doctor_prefers_fentry_then_kprobe_then_inference() -> None:
+def test_doctor_gives_every_point_its_best_mechanism() -> None:
+    """On a kernel that allows fentry and kprobes (every stock kernel), ``hoptrace doctor``
+    shows each point on the first mechanism of its catalogue entry, nothing rejected; without
+    fentry/fexit the function points fall to kprobe, without both to inference. Each verdict
+    is a real load and attach of probes/caps.bpf.o in this kernel."""
     require_mechanism(Mech.FENTRY)
     require_mechanism(Mech.KPROBE)
     r = hoptrace("doctor", "--format", "json", timeout=120)
+    assert r.returncode == 0, r.stderr
     table = {row["point"]: row for row in json.loads(r.stdout)["probes"]}
     assert set(table) == set(BY_NAME)
-    for point in FUNCTION_POINTS:
-        assert table[point]["mechanism"] == "fentry", table[point]
-        assert table[point]["rejected"] == [], table[point]
-    for point in ("netif_receive_skb", "net_dev_queue", "kfree_skb", "consume_skb"):
-        assert table[point]["mechanism"] == "tp_btf", table[point]
-    nf_ok = check(Mech.NETFILTER, "netfilter").ok
-    for point in ("nf_hook_first", "nf_hook_last"):
-        assert table[point]["mechanism"] == ("netfilter" if nf_ok else None), table[point]
-    assert r.returncode == (0 if nf_ok else 1), r.stderr
-    if IN_GUEST and kernel_version() >= (6, 4):
-        assert nf_ok, "stock kernels since 6.4 have BPF netfilter links"
+    for point in CATALOGUE:
+        row = table[point.name]
+        assert row["mechanism"] == point.mechanisms[0].kind.value, row
+        assert row["rejected"] == [], row
 
-    # Without fentry the same points fall to kprobe; without both, to inference. Each
-    # verdict is a real load and attach of caps.bpf.o in this kernel.
-    no_fentry = {c.point.name: c for c in choose_all(frozenset(Mech) - {Mech.FENTRY})}
-    no_funcs = {c.point.name: c for c in choose_all(frozenset({Mech.TP_BTF, Mech.NETFILTER}))}
+    no_trampolines = frozenset(Mech) - {Mech.FENTRY, Mech.FEXIT}
+    only_tp_nf = frozenset({Mech.TP_BTF, Mech.NETFILTER})
+    with_kprobe = {c.point.name: c for c in choose_all(no_trampolines)}
+    without = {c.point.name: c for c in choose_all(only_tp_nf)}
     for point in FUNCTION_POINTS:
-        assert no_fentry[point].chosen.kind == Mech.KPROBE, no_fentry[point]
-        assert no_funcs[point].chosen.kind == Mech.INFERRED, no_funcs[point]
-        assert [m.kind for m, _ in no_funcs[point].rejected] == [Mech.FENTRY, Mech.KPROBE]
+        assert with_kprobe[point].chosen.kind == Mech.KPROBE, with_kprobe[point]
+        assert without[point].chosen.kind == Mech.INFERRED, without[point]
+    nf_link = check(Mech.NETFILTER, "netfilter")
+    for point in ("nf_hook_first", "nf_hook_last"):
+        chosen = without[point].chosen
+        assert (chosen.kind if chosen else None) == (Mech.NETFILTER if nf_link.ok else None)
+    if IN_GUEST and kernel_version() >= (6, 4):
+        assert nf_link.ok, f"stock kernels since 6.4 have BPF netfilter links: {nf_link.error}"
 
 
 def real_steps(chain: Chain, point: str) -> list[tuple[str, str]]:
@@ -157,9 +162,9 @@ def test_vxlan_chain_has_ip_rcv_and_bridge_hops_from_real_probes(
 
 
 def test_kprobe_variants_deliver_events(vxlan_lab: Lab) -> None:
-    """Without fentry the loader attaches the kprobe programs, which see the same hops."""
+    """Without fentry/fexit the loader attaches the kprobe programs (and netfilter links or
+    kprobe nf_hook_slow for the hooks), which see the same hops."""
     require_mechanism(Mech.KPROBE)
-    require_netfilter_link()
     from tracer.event import Namer
     from tracer.filter import compile_filter
     from tracer.loader import ProbeOptions, Probes
@@ -172,7 +177,7 @@ def test_kprobe_variants_deliver_events(vxlan_lab: Lab) -> None:
         filter=compile_filter(f"icmp and src host {a1} and dst host {b1}"),
         netns=resolve(",".join(lab.namespaces())),
         netns_all=False,
-        allow=frozenset({Mech.KPROBE, Mech.TP_BTF, Mech.NETFILTER}),
+        allow=frozenset(Mech) - {Mech.FENTRY, Mech.FEXIT},
     )
     recs = []
     with Probes(opts) as probes:
@@ -237,7 +242,7 @@ def hoptrace_programs_loaded() -> list[str]:
 def test_everything_detached_after_exit(vxlan_lab: Lab, tmp_path: Path, how: str) -> None:
     """Every program and link the tracer held is gone once it exits, even when SIGKILLed; in a
     guest (nothing else traces there) no hoptrace program at all is left loaded."""
-    require_netfilter_link()
+    require_core_points()
     lab = vxlan_lab
     with tracing(tmp_path, "icmp", "--netns", ",".join(lab.namespaces()), ready_timeout=120) as run:
         held = ids_held_by(run.proc.pid)
