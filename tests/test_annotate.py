@@ -6,6 +6,7 @@ the variant (big-endian pcap, several pcapng interfaces and sections), block by 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -457,3 +458,29 @@ def test_kernel_path_without_clock_fields_matches_by_identity(tmp_path: Path) ->
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_one_trace_file_per_node(tmp_path: Path) -> None:
+    """The recorded trace split as two nodes would have written it (n1 with its pods, n2 with
+    its pod): each captured packet gets one path per node, in time order."""
+    lines = [json.loads(x) for x in TRACE.read_text().splitlines() if x.strip()]
+    header, events = lines[0], [x for x in lines if x.get("type") == "event"]
+    n2_side = {"htlab-n2", "htlab-b1"}
+    for node, keep in (("n1", lambda e: e["netns"] not in n2_side),
+                       ("n2", lambda e: e["netns"] in n2_side)):
+        part = [{**e, "node": node} for e in events if keep(e)]
+        (tmp_path / f"{node}.jsonl").write_text(
+            "\n".join(json.dumps(x) for x in [{**header, "node": node}, *part]) + "\n")
+    cap, evs = underlay_capture(tmp_path)
+    out = tmp_path / "out.pcapng"
+    res = hoptrace("annotate", str(cap), "--trace", str(tmp_path / "n1.jsonl"),
+                   "--trace", str(tmp_path / "n2.jsonl"), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    for rec in records(out)[0]:
+        _, n1_path, n2_path = rec[6]
+        assert n1_path.startswith("kernel path on node n1,")
+        assert n2_path.startswith("kernel path on node n2,")
+        assert "htlab-n2" not in n1_path and "htlab-a1" not in n2_path
+        assert " htlab-n1 u1 tx " in n1_path and " htlab-n2 u2 rx " in n2_path.split("; ")[1]
+        # captured on n1's u1 before n2's part of the path began
+        assert re.search(r", captured at -\d+\.\dus;", n2_path), n2_path

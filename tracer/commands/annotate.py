@@ -202,7 +202,7 @@ def path_comment(c: _Candidate, at: int | None) -> str:
     head = (f"kernel path on node {chain.node}, packet #{chain.track} "
             f"[{chain.duration_ns / 1000:.1f}us, {chain.fate()}]")
     if at is not None:
-        head += f", captured at +{(at - c.first_ns) / 1000:.1f}us"
+        head += f", captured at {(at - c.first_ns) / 1000:+.1f}us"  # before it: -
     return "; ".join([head, *parts])
 
 
