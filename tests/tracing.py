@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from tracer.capabilities import tracing_missing
-from tracer.chains import Chain, ChainBuilder
-from tracer.names import Topology
+from tracer.chains import Chain, replay
 from tracer.tracefile import Trace, read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,10 +107,4 @@ def tracing(
 
 def chains_of(trace: Trace) -> list[Chain]:
     """Replay a trace file into complete hop chains (the same code the live text output uses)."""
-    builder = ChainBuilder(Topology.from_json(trace.header.get("topology", {})))
-    out = []
-    for ev in sorted(trace.events, key=lambda e: e.ts_ns):
-        chain = builder.add(ev)
-        if chain is not None:
-            out.append(chain)
-    return out + builder.flush()
+    return replay(trace)

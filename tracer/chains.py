@@ -8,11 +8,15 @@ packet and follows that skb until it is freed. A chain is complete when the pack
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from decoders import DEFAULT_PORTS, START_ETH, START_IP, Decoded, PortMap, decode
 from tracer.event import Event
 from tracer.hops import Hop, HopKind, classify
 from tracer.names import Topology
+
+if TYPE_CHECKING:
+    from tracer.tracefile import Trace
 
 DEVICE_POINTS = ("netif_receive_skb", "net_dev_queue")
 
@@ -147,6 +151,21 @@ class ChainBuilder:
         out = sorted(self._open.values(), key=lambda c: c.first.event.ts_ns)
         self._open.clear()
         return out
+
+
+def replay(trace: Trace, ports: PortMap | None = None) -> list[Chain]:
+    """A recorded trace's hop chains, named exactly as the live run named them (the header's
+    topology and VXLAN ports): what report tests, annotate and the TUI replay."""
+    h = trace.header
+    learned = dict.fromkeys(h.get("vxlan_ports", ()), "vxlan")
+    file_ports = (ports or DEFAULT_PORTS).with_ports(learned)
+    builder = ChainBuilder(Topology.from_json(h.get("topology", {})), file_ports)
+    out = []
+    for ev in sorted(trace.events, key=lambda e: e.ts_ns):
+        chain = builder.add(ev)
+        if chain is not None:
+            out.append(chain)
+    return out + builder.flush()
 
 
 def _open_hook(chain: Chain) -> str:

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from tracer.btf import drop_reason_name, kernel_enum
 from tracer.names import list_netns
@@ -76,15 +74,19 @@ def event_from_json(d: dict[str, Any]) -> Event:
 _HEX = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.uint16)
 
 
-def _hex_rows(mat: np.ndarray) -> pa.Array:
+def _hex_rows(mat: np.ndarray) -> Any:
     """Row i -> hex of all of ``mat[i]`` (fixed width; callers cut each row to its length)."""
+    import pyarrow as pa
+
     n, width = mat.shape
     offsets = np.arange(0, 2 * width * n + 1, 2 * width, dtype=np.int64)
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(_HEX[mat]))
 
 
-def _addresses(addr: np.ndarray) -> pa.Array:
+def _addresses(addr: np.ndarray) -> Any:
     """u64 -> "0x" + 16 hex digits (what ``f"{a:#x}"`` gives for every kernel address)."""
+    import pyarrow as pa
+
     n = len(addr)
     out = np.empty((n, 18), dtype=np.uint8)
     out[:, 0], out[:, 1] = ord("0"), ord("x")
@@ -94,8 +96,11 @@ def _addresses(addr: np.ndarray) -> pa.Array:
     return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(out))
 
 
-def _names(codes: np.ndarray, name: Callable[[int], str]) -> pa.Array:
+def _names(codes: np.ndarray, name: Callable[[int], str]) -> Any:
     """A string column from small integer codes: name each distinct code once."""
+    import pandas as pd
+    import pyarrow as pa
+
     idx, uniq = pd.factorize(codes, sort=False)
     return pa.DictionaryArray.from_arrays(
         pa.array(idx.astype(np.int32)), pa.array([name(int(u)) for u in uniq], pa.string())
@@ -151,7 +156,10 @@ class Namer:
         to ``json.dumps(Event.to_json())`` per event, written column-wise: names are looked up
         once per distinct value, hex is made by numpy, and polars (Rust) writes the lines.
         This is the recording path of ``hoptrace trace -o``; it makes no :class:`Event`."""
-        import polars as pl  # 0.1 s to import: only when there is something to write
+        # imported here: pandas, pyarrow and polars take ~0.3 s, which every command would pay
+        import pandas as pd
+        import polars as pl
+        import pyarrow as pa
 
         n = len(recs)
         if n == 0:

@@ -99,8 +99,7 @@ class KernelPaths:
     """
 
     def __init__(self, paths: list[Path], ports: PortMap, window_s: float) -> None:
-        from tracer.chains import ChainBuilder
-        from tracer.names import Topology
+        from tracer.chains import replay
         from tracer.tracefile import read_trace
 
         self.window_ns = int(window_s * 1e9)
@@ -117,15 +116,7 @@ class KernelPaths:
             else:
                 self.offsets.append(None)
             self.learned.append(None)
-            file_ports = ports.with_ports(dict.fromkeys(h.get("vxlan_ports", ()), "vxlan"))
-            builder = ChainBuilder(Topology.from_json(h.get("topology", {})), file_ports)
-            chains = []
-            for ev in sorted(trace.events, key=lambda e: e.ts_ns):
-                done = builder.add(ev)
-                if done is not None:
-                    chains.append(done)
-            chains += builder.flush()
-            for chain in chains:
+            for chain in replay(trace, ports):
                 self.chains += 1
                 cand = _Candidate(chain, n, chain.first.event.ts_ns, chain.last.event.ts_ns)
                 keys = {_key(s.decoded.inner) for s in chain.steps
