@@ -141,10 +141,11 @@ def test_vxlan_chain_has_ip_rcv_and_bridge_hops_from_real_probes(
     assert (n1, "veth-a1") in bridge_in, bridge_in
     assert any(ns == n1 for ns, _ in real_steps(cross, "br_pass_frame_up"))
     assert (n1, "cni0") in real_steps(cross, "ip_rcv"), real_steps(cross, "ip_rcv")
-    # node 2: the underlay packet and the decapsulated one both enter ip_rcv
-    assert {(n2, "u2"), (n2, "flannel.1")} <= set(real_steps(cross, "ip_rcv")), real_steps(
-        cross, "ip_rcv"
-    )
+    # node 2: the underlay packet enters ip_rcv. (The decapsulated one, received through the
+    # VXLAN device's GRO cells, takes the list path ip_list_rcv, which never calls ip_rcv:
+    # docs/kernels.md.)
+    assert (n2, "u2") in real_steps(cross, "ip_rcv"), real_steps(cross, "ip_rcv")
+    assert (lab.netns("b1"), "eth0") in real_steps(cross, "ip_rcv"), real_steps(cross, "ip_rcv")
     # order: on node 1 bridge-in, then up, then ip_rcv
     order = [s.event.probe for s in cross.steps if s.event.netns == n1]
     idx = [order.index(p) for p in ("br_handle_frame", "br_pass_frame_up", "ip_rcv")]
@@ -179,6 +180,9 @@ def test_kprobe_variants_deliver_events(vxlan_lab: Lab) -> None:
         netns_all=False,
         allow=frozenset(Mech) - {Mech.FENTRY, Mech.FEXIT},
     )
+    for c in choose_all(opts.allow):
+        if c.point.core and c.chosen is None:
+            pytest.skip(f"without fentry/fexit, core probe {c.point.name} has no mechanism here")
     recs = []
     with Probes(opts) as probes:
         chosen = {c.point.name: c.chosen.kind for c in probes.choices if c.chosen}
