@@ -177,14 +177,14 @@ def check_flannel_host_gw(lab: Lab, tmp_path: Path) -> None:
             ("a1", "eth0", H.POD_TX),
             ("n1", "veth-a1", H.BRIDGE_IN),
             ("n1", "cni0", H.BRIDGE_UP),
-            ("n1", "eth0", None),  # the lab's underlay is a veth: "veth tx"
+            ("n1", "eth0", H.UNDERLAY_TX),  # routed, not tunnelled: a veth to the switch
             ("net", "port-n1", H.BRIDGE_IN),
-            ("n2", "eth0", None),
+            ("n2", "eth0", H.UNDERLAY_RX),
             ("n2", "cni0", H.BRIDGE_TX),
             ("b1", "eth0", H.POD_RX),
         ],
     )
-    assert not any(s.hop.kind in (H.ENCAP, H.UNDERLAY_TX) for s in cross.steps)
+    assert not any(s.hop.kind in (H.ENCAP, H.DECAP) for s in cross.steps)
     assert not any("capsulated" in c for c in changes(cross))
 
 
@@ -243,17 +243,15 @@ def check_calico(lab: Lab, tmp_path: Path, vxlan: bool) -> None:
             assert ping(lab, "net", b1).returncode == 0
 
     chains = trace_lab(lab, tmp_path, "icmp", traffic)
-    # GAP (tracer/names.py): a namespace without a bridge or tunnel is called a pod, so the
-    # calico-routed nodes' hops come out as "pod tx/rx"; devices and order are asserted.
-    node_kind = None
+    # a routed node has no bridge or tunnel: it is a node because it links 2+ namespaces
     same = find(chains, a1, a2)
     assert_path(
         lab,
         same,
         [
             ("a1", "eth0", H.POD_TX),
-            ("n1", ca1, node_kind),
-            ("n1", ca2, node_kind),
+            ("n1", ca1, H.VETH_RX),
+            ("n1", ca2, H.VETH_TX),
             ("a2", "eth0", H.POD_RX),
         ],
     )
@@ -320,18 +318,17 @@ def check_weave(lab: Lab, tmp_path: Path) -> None:
         ],
     )
     cross = find(chains, a1, b1)
-    # GAP (tracer/hops.py): a VXLAN device that is a bridge port is classified as a bridge
-    # port (br_forward / br_handle_frame), not encap/decap; the change column still shows it.
+    # Weave's VXLAN device is a port of its bridge: the tunnel wins over the bridge port
     assert_path(
         lab,
         cross,
         [
             ("a1", "eth0", H.POD_TX),
             ("n1", "vethwepl-a1", H.BRIDGE_IN),
-            ("n1", "vxlan-6784", None),
+            ("n1", "vxlan-6784", H.ENCAP),
             ("n1", "eth0", H.UNDERLAY_TX),
             ("n2", "eth0", H.UNDERLAY_RX),
-            ("n2", "vxlan-6784", None),
+            ("n2", "vxlan-6784", H.DECAP),
             ("n2", "vethwepl-b1", H.BRIDGE_FORWARD),
             ("b1", "eth0", H.POD_RX),
         ],
