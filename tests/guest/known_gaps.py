@@ -43,6 +43,13 @@ GAPS = (
         "no mechanism for the netfilter hooks on this kernel; `hoptrace trace` refuses",
     ),
     Gap(
+        "ip_rcv-list-path",
+        lambda: True,
+        "ip_rcv probe missed the decapsulated packet on flannel.1",
+        "packets received on the list path (GRO cells of a VXLAN device: ip_list_rcv) never "
+        "reach ip_rcv; fix: probe ip_rcv_core, which both paths call",
+    ),
+    Gap(
         "fe_br_handle_frame-load",
         _fentry_allowed,
         "prog 'fe_br_handle_frame': BPF program load failed",
