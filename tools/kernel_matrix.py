@@ -233,7 +233,7 @@ def run_kernel(label: str, package: str, pytest_args: list[str]) -> Result:
                 quiet = line.split()[1] in ("doctor-json", "junit")
             elif line.startswith("@@end "):
                 quiet = False
-            elif not quiet:
+            elif not quiet and not line.startswith("@@"):
                 sys.stdout.write("  | " + line)
                 sys.stdout.flush()
         rc = proc.wait()
