@@ -707,22 +707,26 @@ int BPF_KPROBE(kp_nf_hook_slow, struct sk_buff *skb, struct nf_hook_state *state
 
 /* ---- function probes: fentry first, kprobe second (where the kernel allows them) ----------- */
 
-#define FUNC_PROBES(fn, probe_id)                                                  \
+/* FUNC_PROBES(name, fn, id): fe_<name> and kp_<name> on kernel function fn(struct sk_buff *, ...) */
+#define FUNC_PROBES(name, fn, probe_id)                                            \
 	SEC("fentry/" #fn)                                                         \
-	int BPF_PROG(fe_##fn, struct sk_buff *skb)                                 \
+	int BPF_PROG(fe_##name, struct sk_buff *skb)                               \
 	{                                                                          \
 		struct hook_info hi = { .probe = probe_id };                       \
 		return handle(skb, &hi, true);                                     \
 	}                                                                          \
 	SEC("kprobe/" #fn)                                                         \
-	int BPF_KPROBE(kp_##fn, struct sk_buff *skb)                               \
+	int BPF_KPROBE(kp_##name, struct sk_buff *skb)                             \
 	{                                                                          \
 		struct hook_info hi = { .probe = probe_id };                       \
 		return handle(skb, &hi, false);                                    \
 	}
 
-FUNC_PROBES(ip_rcv, HT_PROBE_IP_RCV)
-FUNC_PROBES(br_pass_frame_up, HT_PROBE_BR_PASS_FRAME_UP)
+/* The "ip_rcv" point is ip_rcv_core: ip_rcv and the list path (ip_list_rcv, taken after GRO
+ * cells, e.g. by packets a VXLAN device decapsulated) both call it; ip_rcv alone misses the
+ * latter (found in the VM kernel matrix, docs/kernels.md). */
+FUNC_PROBES(ip_rcv, ip_rcv_core, HT_PROBE_IP_RCV)
+FUNC_PROBES(br_pass_frame_up, br_pass_frame_up, HT_PROBE_BR_PASS_FRAME_UP)
 
 /* br_forward(const struct net_bridge_port *to, struct sk_buff *skb, ...) */
 SEC("fentry/br_forward")
@@ -739,13 +743,19 @@ int BPF_KPROBE(kp_br_forward, void *to, struct sk_buff *skb)
 	return handle(skb, &hi, false);
 }
 
-/* br_handle_frame(struct sk_buff **pskb): the bridge's rx_handler */
+/* br_handle_frame(struct sk_buff **pskb): the bridge's rx_handler. 6.1 and 6.12 refuse a typed
+ * ctx read of a pointer to a pointer ("arg0 type PTR is not a struct"): take the argument
+ * untyped with bpf_get_func_arg (5.17+) and read the skb pointer through it. */
 SEC("fentry/br_handle_frame")
-int BPF_PROG(fe_br_handle_frame, struct sk_buff **pskb)
+int fe_br_handle_frame(void *ctx)
 {
 	struct hook_info hi = { .probe = HT_PROBE_BR_HANDLE_FRAME };
 	struct sk_buff *skb = NULL;
-	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
+	__u64 pskb = 0;
+
+	if (bpf_get_func_arg(ctx, 0, &pskb))
+		return 0;
+	bpf_probe_read_kernel(&skb, sizeof(skb), (void *)pskb);
 	return handle(skb, &hi, false);
 }
 

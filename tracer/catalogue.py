@@ -43,10 +43,11 @@ class ProbePoint:
     doc: str
 
 
-def _func(fn: str) -> tuple[Mechanism, Mechanism]:
+def _func(name: str, fn: str = "") -> tuple[Mechanism, Mechanism]:
+    """fentry then kprobe programs ``fe_<name>``/``kp_<name>`` on kernel function ``fn``."""
     return (
-        Mechanism(Mech.FENTRY, f"fe_{fn}", fn),
-        Mechanism(Mech.KPROBE, f"kp_{fn}", fn),
+        Mechanism(Mech.FENTRY, f"fe_{name}", fn or name),
+        Mechanism(Mech.KPROBE, f"kp_{name}", fn or name),
     )
 
 
@@ -112,7 +113,7 @@ CATALOGUE: tuple[ProbePoint, ...] = (
         "ip_rcv",
         False,
         (
-            *_func("ip_rcv"),
+            *_func("ip_rcv", "ip_rcv_core"),  # ip_rcv and the list path both call it
             Mechanism(Mech.INFERRED, how="IPv4 PRE_ROUTING runs inside ip_rcv: nf PRE event"),
         ),
         "the IPv4 stack receives a packet",
