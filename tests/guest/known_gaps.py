@@ -4,7 +4,7 @@
 A test that fails on a kernel where a gap applies, *with that gap's error text*, is reported as
 xfailed naming the gap; any other failure stays a failure. A gap that applies but was not seen
 in any failure is reported at the end ("not seen"), so a fix shows up. Each gap
-names what is missing and where it is tracked; docs/kernels.md lists them per kernel.
+names what is missing; docs/kernels.md lists them, and the gaps fixed so far.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tracer.capabilities import check, choose
-from tracer.catalogue import BY_NAME, Mech
+from tracer.capabilities import choose
+from tracer.catalogue import BY_NAME
 
 
 @dataclass(frozen=True)
@@ -31,31 +31,12 @@ def _no_netfilter_hooks() -> bool:
     return choose(BY_NAME["nf_hook_first"]).chosen is None
 
 
-def _fentry_allowed() -> bool:
-    return check(Mech.FENTRY, "br_handle_frame").ok
-
-
 GAPS = (
     Gap(
         "no-netfilter-hooks",
         _no_netfilter_hooks,
         "core probe nf_hook_first cannot be attached here",
         "no mechanism for the netfilter hooks on this kernel; `hoptrace trace` refuses",
-    ),
-    Gap(
-        "ip_rcv-list-path",
-        lambda: True,
-        "ip_rcv probe missed the decapsulated packet on flannel.1",
-        "packets received on the list path (GRO cells of a VXLAN device: ip_list_rcv) never "
-        "reach ip_rcv; fix: probe ip_rcv_core, which both paths call",
-    ),
-    Gap(
-        "fe_br_handle_frame-load",
-        _fentry_allowed,
-        "prog 'fe_br_handle_frame': BPF program load failed",
-        "fe_br_handle_frame reads its struct sk_buff ** argument with a typed ctx access, which "
-        "the verifier of 6.1 and 6.12 refuses (arg0 type PTR is not a struct; 7.3 accepts), so "
-        "the whole object fails to load; fix: bpf_get_func_arg() in probes/hoptrace.bpf.c",
     ),
 )
 
