@@ -45,7 +45,7 @@ _seen: set[str] = set()
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
-    outcome = yield
+    outcome: Any = yield
     rep = outcome.get_result()
     if not rep.failed or rep.when not in ("setup", "call"):
         return

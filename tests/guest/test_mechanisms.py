@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.tracing import chains_of, hoptrace, require_kernel, tracing
-from tracer.capabilities import check, choose_all
+from tracer.capabilities import Choice, check, choose_all
 from tracer.catalogue import BY_NAME, CATALOGUE, Mech
 from tracer.chains import Chain
 from tracer.lab import Lab
@@ -72,22 +72,25 @@ def test_doctor_gives_every_point_its_best_mechanism() -> None:
     assert r.returncode == 0, r.stderr
     table = {row["point"]: row for row in json.loads(r.stdout)["probes"]}
     assert set(table) == set(BY_NAME)
-    for point in CATALOGUE:
-        row = table[point.name]
-        assert row["mechanism"] == point.mechanisms[0].kind.value, row
+    for pp in CATALOGUE:
+        row = table[pp.name]
+        assert row["mechanism"] == pp.mechanisms[0].kind.value, row
         assert row["rejected"] == [], row
 
     no_trampolines = frozenset(Mech) - {Mech.FENTRY, Mech.FEXIT}
     only_tp_nf = frozenset({Mech.TP_BTF, Mech.NETFILTER})
     with_kprobe = {c.point.name: c for c in choose_all(no_trampolines)}
     without = {c.point.name: c for c in choose_all(only_tp_nf)}
+
+    def kind(choice: Choice) -> Mech | None:
+        return choice.chosen.kind if choice.chosen else None
+
     for point in FUNCTION_POINTS:
-        assert with_kprobe[point].chosen.kind == Mech.KPROBE, with_kprobe[point]
-        assert without[point].chosen.kind == Mech.INFERRED, without[point]
+        assert kind(with_kprobe[point]) == Mech.KPROBE, with_kprobe[point]
+        assert kind(without[point]) == Mech.INFERRED, without[point]
     nf_link = check(Mech.NETFILTER, "netfilter")
     for point in ("nf_hook_first", "nf_hook_last"):
-        chosen = without[point].chosen
-        assert (chosen.kind if chosen else None) == (Mech.NETFILTER if nf_link.ok else None)
+        assert kind(without[point]) == (Mech.NETFILTER if nf_link.ok else None), without[point]
     if IN_GUEST and kernel_version() >= (6, 4):
         assert nf_link.ok, f"stock kernels since 6.4 have BPF netfilter links: {nf_link.error}"
 
@@ -99,8 +102,8 @@ def real_steps(chain: Chain, point: str) -> list[tuple[str, str]]:
 
 def chain_between(chains: list[Chain], src: str, dst: str) -> Chain:
     for c in chains:
-        d = next((s.decoded for s in c.steps if s.decoded and s.decoded.inner), None)
-        if d and d.inner.src == src and d.inner.dst == dst:
+        inner = next((s.decoded.inner for s in c.steps if s.decoded and s.decoded.inner), None)
+        if inner and inner.src == src and inner.dst == dst:
             return c
     raise AssertionError(f"no chain {src} -> {dst} in {[c.summary() for c in chains]}")
 
