@@ -12,36 +12,30 @@ at a time, each bounded in time. Exits when its namespace is deleted, on SIGTERM
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
-
-def netns_gone(name: str) -> bool:
-    try:
-        return os.stat(f"/run/netns/{name}").st_ino != os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        return True
+if TYPE_CHECKING:
+    from tracer.lab import daemon_common
+else:  # run as a file with python -I: the sibling module, not the tracer package
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import daemon_common
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--netns", required=True)
-    p.add_argument("--pidfile", required=True)
-    p.add_argument("--lifetime", type=float, default=3600)
+    p = daemon_common.parser(__doc__)
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--text", required=True)
     args = p.parse_args()
     srv = socket.create_server(("0.0.0.0", args.port), backlog=16)
     srv.settimeout(1.0)
-    with open(args.pidfile + ".tmp", "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.rename(args.pidfile + ".tmp", args.pidfile)
+    daemon_common.ready(args.pidfile)  # the lab's `up` waits for this
     end = time.monotonic() + args.lifetime
     while time.monotonic() < end:
-        if netns_gone(args.netns):
+        if daemon_common.netns_gone(args.netns):
             return 0
         try:
             conn, _ = srv.accept()

@@ -15,7 +15,6 @@ SIGTERM, or after ``--lifetime`` seconds.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import ipaddress
 import os
@@ -24,24 +23,21 @@ import socket
 import struct
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tracer.lab import daemon_common
+else:  # run as a file with python -I: the sibling module, not the tracer package
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import daemon_common
 
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
 
 
-def netns_gone(name: str) -> bool:
-    """True when /run/netns/NAME no longer is the namespace this process runs in."""
-    try:
-        return os.stat(f"/run/netns/{name}").st_ino != os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        return True
-
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--netns", required=True)
-    p.add_argument("--pidfile", required=True)
-    p.add_argument("--lifetime", type=float, default=3600)
+    p = daemon_common.parser(__doc__)
     p.add_argument("--tun", required=True)
     p.add_argument("--port", type=int, default=8285)
     p.add_argument("--peer", action="append", default=[], help="CIDR=NODE_IP")
@@ -61,16 +57,14 @@ def main() -> int:
     sel = selectors.DefaultSelector()
     sel.register(tun, selectors.EVENT_READ, "tun")
     sel.register(sock, selectors.EVENT_READ, "udp")
-    with open(args.pidfile + ".tmp", "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.rename(args.pidfile + ".tmp", args.pidfile)  # ready: the lab's `up` waits for this
+    daemon_common.ready(args.pidfile)  # the lab's `up` waits for this
 
     end = time.monotonic() + args.lifetime
     next_check = 0.0
     while time.monotonic() < end:
         now = time.monotonic()
         if now >= next_check:
-            if netns_gone(args.netns):
+            if daemon_common.netns_gone(args.netns):
                 return 0
             next_check = now + 1.0
         for key, _ in sel.select(timeout=1.0):
