@@ -497,6 +497,10 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi, con
 		return 0;
 	e = &s->ev;
 	e->flags = 0;
+	e->verdict = HT_VERDICT_NONE;
+	e->func = 0;
+	e->nf_table[0] = 0;
+	e->nf_chain[0] = 0;
 
 	/* headers: from the MAC header when it is set and Ethernet-sized, else the network header */
 	mh = RD(direct, skb->mac_header, skb, mac_header);

@@ -13,6 +13,9 @@
 
 #define HT_HDR_LEN 128          /* header bytes copied into each event */
 #define HT_IFNAMSIZ 16
+#define HT_NF_TABLE_LEN 16      /* netfilter table name bytes kept (xt: XT_TABLE_MAXNAMELEN 32; real ones are short) */
+#define HT_NF_CHAIN_LEN 32      /* netfilter chain name bytes kept (KUBE-SVC-<16 hex> fits) */
+#define HT_VERDICT_NONE (-1)    /* ht_event.verdict when the probe saw no verdict */
 #define HT_FILTER_MAX_TERMS 32  /* disjunction: at most this many AND-terms */
 #define HT_FILTER_MAX_PREDS 12  /* conjunction: at most this many predicates per term */
 #define HT_MAX_TUNNEL_PORTS 16  /* UDP ports decapsulated as VXLAN in the kernel */
@@ -75,9 +78,11 @@ struct ht_event {
 	__u8 hdr_kind;        /* enum ht_hdr_kind */
 	__u8 flags;           /* enum ht_event_flags */
 	__u16 hdr_len;        /* valid bytes in hdr */
-	__u16 pad0;
-	__u32 pad1;
+	__s16 verdict;        /* netfilter verdict where the probe saw one (NF_DROP 0, NF_ACCEPT 1, ...), else HT_VERDICT_NONE */
+	__u32 func;           /* --probes all-skb: index of the kernel function in the header's list (attach cookie); 0 otherwise */
 	char ifname[HT_IFNAMSIZ];
+	char nf_table[HT_NF_TABLE_LEN]; /* netfilter table that decided (ipt_do_table / nft_do_chain probes), else "" */
+	char nf_chain[HT_NF_CHAIN_LEN]; /* netfilter chain that decided, else "" */
 	__u8 hdr[HT_HDR_LEN]; /* first bytes from the MAC header, or the network header */
 };
 

@@ -22,6 +22,7 @@ FAILED, else 0 (all SKIPPED too, unless --require, or HT_KERNELS_REQUIRED=1, is 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -182,7 +183,21 @@ def junit_counts(xml: str) -> dict[str, int]:
     return c
 
 
+VM_LOCK = Path(os.environ.get("HT_VM_LOCK", "/tmp/hoptrace-kvm.lock"))
+
+
 def run_kernel(label: str, package: str, pytest_args: list[str]) -> Result:
+    """One kernel; VMs of every checkout on this machine take turns (each uses both cores)."""
+    with open(VM_LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"{label}: another VM runs on this machine; waiting for {VM_LOCK}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _run_kernel(label, package, pytest_args)
+
+
+def _run_kernel(label: str, package: str, pytest_args: list[str]) -> Result:
     res = Result(label, package)
     d = OUT / label
     shutil.rmtree(d, ignore_errors=True)
