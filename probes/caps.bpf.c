@@ -27,6 +27,12 @@ int caps_kprobe(void *ctx)
 	return 0;
 }
 
+SEC("kprobe.multi")
+int caps_kprobe_multi(void *ctx)
+{
+	return 0;
+}
+
 SEC("tp_btf/netif_receive_skb")
 int caps_tp_btf(void *ctx)
 {

@@ -392,6 +392,7 @@ struct hook_info {
 	__u32 drop_reason;
 	struct net_device *dev; /* overrides skb->dev when set (netfilter in/out) */
 	struct net *net;        /* netns when known from the hook state */
+	__u32 func;             /* --probes all-skb: the function's index (attach cookie) */
 };
 
 /*
@@ -498,7 +499,7 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi, con
 	e = &s->ev;
 	e->flags = 0;
 	e->verdict = HT_VERDICT_NONE;
-	e->func = 0;
+	e->func = hi->func;
 	e->nf_table[0] = 0;
 	e->nf_chain[0] = 0;
 
@@ -771,3 +772,98 @@ int BPF_KPROBE(kp_br_handle_frame, struct sk_buff **pskb)
 	bpf_probe_read_kernel(&skb, sizeof(skb), pskb);
 	return handle(skb, &hi, false);
 }
+
+/* ---- --probes all-skb: every kernel function with a struct sk_buff * argument --------------
+ * pwru's design: the loader finds the functions in BTF (vmlinux and modules) and attaches the
+ * program of the skb's argument position (1-5) to each, with the function's index in the trace
+ * header's list as the attach cookie: one kprobe.multi link per position where the kernel has
+ * kprobe.multi, else one kprobe per function. Everything after that is handle(), shared with
+ * the curated points (the same filter, tracks, nomatch cache and ring buffer).
+ *
+ * After kfree_skb/consume_skb, the free path itself calls functions with the skb (__kfree_skb,
+ * skb_release_data, sock_wfree, kfree_skbmem...). The track has ended there, so handle() would
+ * evaluate the filter on the freed packet's bytes and start a phantom track. The free
+ * tracepoints below remember each freed (skb, head) per CPU; until a curated point tracks that
+ * skb again, the all-skb programs ignore it. */
+
+struct allskb_freed {
+	__u64 skb;
+	__u64 head;
+};
+
+#define HT_ALLSKB_FREED_SLOTS 256
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HT_ALLSKB_FREED_SLOTS);
+	__type(key, __u32);
+	__type(value, struct allskb_freed);
+} allskb_freed SEC(".maps");
+
+static __always_inline struct allskb_freed *allskb_freed_slot(__u64 skb)
+{
+	__u32 i = (__u32)((skb >> 8) ^ (skb >> 16)) & (HT_ALLSKB_FREED_SLOTS - 1);
+	return bpf_map_lookup_elem(&allskb_freed, &i);
+}
+
+static __always_inline void allskb_note_free(struct sk_buff *skb)
+{
+	struct allskb_freed *f = allskb_freed_slot((__u64)skb);
+
+	if (f) {
+		f->skb = (__u64)skb;
+		f->head = (__u64)skb->head;
+	}
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(tp_allskb_kfree, struct sk_buff *skb)
+{
+	allskb_note_free(skb);
+	return 0;
+}
+
+SEC("tp_btf/consume_skb")
+int BPF_PROG(tp_allskb_consume, struct sk_buff *skb)
+{
+	allskb_note_free(skb);
+	return 0;
+}
+
+static __always_inline int allskb(struct pt_regs *ctx, struct sk_buff *skb)
+{
+	struct hook_info hi = { .probe = HT_PROBE_FUNC };
+	struct allskb_freed *f;
+	__u64 key = (__u64)skb;
+
+	if (!skb)
+		return 0;
+	f = allskb_freed_slot(key);
+	if (f && f->skb == key) {
+		if (f->head == (__u64)BPF_CORE_READ(skb, head) && !bpf_map_lookup_elem(&tracks, &key))
+			return 0; /* on the free path, or not yet seen anew by a curated point */
+		f->skb = 0;
+	}
+	hi.func = bpf_get_attach_cookie(ctx);
+	return handle(skb, &hi, false);
+}
+
+/* ALLSKB(n): for functions whose first struct sk_buff * is argument n, kp_allskb_m<n>
+ * (kprobe.multi) and kp_allskb_<n> (kprobe); "kp_" and "tp_" like every hoptrace program name. */
+#define ALLSKB(n)                                                                  \
+	SEC("kprobe.multi")                                                        \
+	int kp_allskb_m##n(struct pt_regs *ctx)                                  \
+	{                                                                          \
+		return allskb(ctx, (struct sk_buff *)PT_REGS_PARM##n(ctx));        \
+	}                                                                          \
+	SEC("kprobe")                                                              \
+	int kp_allskb_##n(struct pt_regs *ctx)                                 \
+	{                                                                          \
+		return allskb(ctx, (struct sk_buff *)PT_REGS_PARM##n(ctx));        \
+	}
+
+ALLSKB(1)
+ALLSKB(2)
+ALLSKB(3)
+ALLSKB(4)
+ALLSKB(5)

@@ -37,7 +37,8 @@ enum ht_probe {
 	HT_PROBE_BR_HANDLE_FRAME = 8,
 	HT_PROBE_BR_FORWARD = 9,
 	HT_PROBE_BR_PASS_FRAME_UP = 10,
-	HT_PROBE_MAX = 11,
+	HT_PROBE_FUNC = 11,        /* --probes all-skb: any kernel function taking an skb (ht_event.func) */
+	HT_PROBE_MAX = 12,
 };
 
 /* Where ht_event.hdr starts. */
