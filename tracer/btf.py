@@ -20,10 +20,12 @@ from tracer.errors import BuildError, NoBTFError
 
 KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM = 1, 2, 3, 4, 5, 6
 KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT = 8, 9, 10, 11
+KIND_FUNC, KIND_FUNC_PROTO = 12, 13
 KIND_VAR, KIND_DATASEC, KIND_TYPE_TAG, KIND_ENUM64 = 14, 15, 18, 19
 _MODIFIERS = {KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_TYPE_TAG}
 
 VMLINUX = Path("/sys/kernel/btf/vmlinux")
+BTF_DIR = VMLINUX.parent  # vmlinux and one split BTF file per loaded module
 
 
 class Btf:
@@ -48,6 +50,20 @@ class Btf:
     def from_file(cls, path: Path) -> Btf:
         ptr = libbpf.lib().btf__parse(str(path).encode(), None)
         return cls(libbpf.check_ptr(ptr, f"reading BTF of {path}", BuildError), owned=True)
+
+    @classmethod
+    def module(cls, path: Path, base: Btf) -> Btf:
+        """A kernel module's BTF (/sys/kernel/btf/<module>), split on top of vmlinux's."""
+        ptr = libbpf.lib().btf__parse_split(str(path).encode(), base._ptr)
+        btf = cls(libbpf.check_ptr(ptr, f"reading BTF of {path}", NoBTFError), owned=True)
+        btf._first = base.type_count()
+        return btf
+
+    _first = 1  # the first type id this BTF defines (a split BTF continues its base's ids)
+
+    def type_count(self) -> int:
+        """Number of type ids (including void, 0, and a split BTF's base types)."""
+        return int(self._lib.btf__type_cnt(self._ptr))
 
     def close(self) -> None:
         if self._owned and self._ptr:
@@ -83,6 +99,42 @@ class Btf:
             if kind not in _MODIFIERS:
                 return type_id
             type_id = nxt
+
+    # -- functions ----------------------------------------------------------------------------
+
+    def functions_taking(self, struct: str, max_pos: int) -> dict[str, int]:
+        """Functions this BTF defines with a ``struct <struct> *`` parameter among their first
+        ``max_pos``: {name: 1-based position of the first such parameter} (pwru's scan)."""
+        lib, ptr = self._lib, self._ptr
+        try:
+            target = self.find(struct, KIND_STRUCT)
+        except KeyError:
+            return {}
+        memo: dict[int, bool] = {}
+
+        def is_ptr_to_target(tid: int) -> bool:
+            hit = memo.get(tid)
+            if hit is None:
+                t = self._resolve(tid)
+                _, kind, _, nxt = self._head(t)
+                hit = kind == KIND_PTR and self._resolve(nxt) == target
+                memo[tid] = hit
+            return hit
+
+        out: dict[str, int] = {}
+        for tid in range(self._first, self.type_count()):
+            head = lib.btf__type_by_id(ptr, tid)
+            w = (ctypes.c_uint32 * 3).from_address(head)
+            if (w[1] >> 24) & 0x1F != KIND_FUNC:
+                continue
+            proto = self._words(w[2], 3)
+            vlen = proto[1] & 0xFFFF
+            params = self._words(w[2], 3 + 2 * vlen)
+            for pos in range(min(vlen, max_pos)):
+                if is_ptr_to_target(params[4 + 2 * pos]):
+                    out.setdefault(self._name(w[0]), pos + 1)
+                    break
+        return out
 
     # -- enums ------------------------------------------------------------------------------
 

@@ -71,11 +71,14 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__fd": (c_int, [c_void_p]),
     "bpf_program__attach": (c_void_p, [c_void_p]),
     "bpf_program__attach_kprobe": (c_void_p, [c_void_p, c_bool, c_char_p]),
+    "bpf_program__attach_kprobe_opts": (c_void_p, [c_void_p, c_char_p, c_void_p]),
+    "bpf_program__attach_kprobe_multi_opts": (c_void_p, [c_void_p, c_char_p, c_void_p]),
     "bpf_link__destroy": (c_int, [c_void_p]),
     "bpf_map_lookup_elem": (c_int, [c_int, c_void_p, c_void_p]),
     "bpf_map_update_elem": (c_int, [c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     "btf__load_vmlinux_btf": (c_void_p, []),
     "btf__parse": (c_void_p, [c_char_p, c_void_p]),
+    "btf__parse_split": (c_void_p, [c_char_p, c_void_p]),
     "btf__free": (None, [c_void_p]),
     "btf__type_cnt": (c_uint32, [c_void_p]),
     "btf__find_by_name_kind": (ctypes.c_int32, [c_void_p, c_char_p, c_uint32]),
@@ -168,6 +171,58 @@ def check_int(ret: int, what: str, exc: type[Exception]) -> int:
     if ret < 0:
         raise exc(f"{what} failed ({errmsg(ret)})")
     return ret
+
+
+# ---- kprobes with attach cookies (--probes all-skb) -----------------------------------------
+
+
+class KprobeOpts(ctypes.Structure):
+    """``struct bpf_kprobe_opts`` of libbpf 1.1 (libbpf.h)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("bpf_cookie", ctypes.c_uint64),
+        ("offset", c_size_t),
+        ("retprobe", c_bool),
+    ]
+
+
+class KprobeMultiOpts(ctypes.Structure):
+    """``struct bpf_kprobe_multi_opts`` of libbpf 1.1 (libbpf.h)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("syms", POINTER(c_char_p)),
+        ("addrs", c_void_p),
+        ("cookies", POINTER(ctypes.c_uint64)),
+        ("cnt", c_size_t),
+        ("retprobe", c_bool),
+    ]
+
+
+def attach_kprobe(prog: int, func: str, cookie: int) -> int:
+    """A kprobe on ``func`` with ``cookie`` for bpf_get_attach_cookie(); the link, or OSError."""
+    opts = KprobeOpts(sz=ctypes.sizeof(KprobeOpts), bpf_cookie=cookie)
+    link = lib().bpf_program__attach_kprobe_opts(prog, func.encode(), ctypes.byref(opts))
+    if not link:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(link)
+
+
+def attach_kprobe_multi(prog: int, funcs: list[str], cookies: list[int]) -> int:
+    """One kprobe.multi link on every function of ``funcs`` (kernel symbol names), the i-th
+    with ``cookies[i]``; the link, or OSError (the kernel refuses the whole list if it refuses
+    one function)."""
+    n = len(funcs)
+    syms = (c_char_p * n)(*(f.encode() for f in funcs))
+    cks = (ctypes.c_uint64 * n)(*cookies)
+    opts = KprobeMultiOpts(sz=ctypes.sizeof(KprobeMultiOpts), syms=syms, cookies=cks, cnt=n)
+    link = lib().bpf_program__attach_kprobe_multi_opts(prog, None, ctypes.byref(opts))
+    if not link:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(link)
 
 
 # ---- the raw bpf(2) syscall, for what libbpf 1.1 lacks ------------------------------------
