@@ -14,7 +14,7 @@ from pathlib import Path
 
 import probes
 from tracer import libbpf
-from tracer.catalogue import CATALOGUE, Mech, Mechanism, ProbePoint
+from tracer.catalogue import Mech, Mechanism, ProbePoint, points_of
 from tracer.errors import NoBTFError, PermissionError_
 
 NFPROTO_IPV4 = 2
@@ -72,7 +72,7 @@ def _try(kind: Mech, target: str) -> Verdict:
     link = None
     nf_fd = -1
     try:
-        name = f"caps_{kind.value}"
+        name = f"caps_{kind.value}".replace(".", "_")
         prog = None
         p = lib.bpf_object__next_program(obj, None)
         while p:
@@ -98,6 +98,12 @@ def _try(kind: Mech, target: str) -> Verdict:
             return Verdict(True)
         if kind == Mech.KPROBE:
             link = lib.bpf_program__attach_kprobe(prog, False, target.encode())
+        elif kind == Mech.KPROBE_MULTI:
+            try:
+                link = libbpf.attach_kprobe_multi(prog, [target], [0])
+            except OSError as exc:
+                ctypes.set_errno(exc.errno or 0)
+                link = None
         else:
             link = lib.bpf_program__attach(prog)
         if not link:
@@ -139,12 +145,15 @@ def choose(point: ProbePoint, allow: frozenset[Mech] | None = None) -> Choice:
         if allow is not None and mech.kind not in allow and mech.kind != Mech.INFERRED:
             rejected.append((mech, Verdict(False, "not allowed by --mechanisms")))
             continue
-        verdict = check(mech.kind, mech.target)
+        verdict = check(mech.kind, mech.check_at or mech.target)
         if verdict.ok:
             return Choice(point, mech, tuple(rejected))
         rejected.append((mech, verdict))
     return Choice(point, None, tuple(rejected))
 
 
-def choose_all(allow: frozenset[Mech] | None = None) -> list[Choice]:
-    return [choose(p, allow) for p in CATALOGUE]
+def choose_all(
+    allow: frozenset[Mech] | None = None, probe_set: str = "curated"
+) -> list[Choice]:
+    """The choice for every point of ``probe_set`` (the curated points, plus its opt-in ones)."""
+    return [choose(p, allow) for p in points_of(probe_set)]

@@ -5,9 +5,15 @@ hoptrace falls back to. Ids come from ``enum ht_probe`` in ``probes/hoptrace.h``
 object's BTF by name); ``hoptrace doctor`` prints this table with what the running kernel chose;
 docs/probes.md is checked against it by tests.
 
-Mechanisms, best first: ``fentry``/``fexit`` (BPF trampoline), ``kprobe``, ``tp_btf`` (typed
-tracepoint), ``netfilter`` (BPF netfilter link, per netns), and ``inferred`` (no probe: the point is
-reconstructed from neighbouring events; see tracer/hops.py).
+Mechanisms, best first: ``fentry``/``fexit`` (BPF trampoline), ``kprobe.multi`` (one link, many
+functions), ``kprobe``, ``tp_btf`` (typed tracepoint), ``netfilter`` (BPF netfilter link, per
+netns), and ``inferred`` (no probe: the point is reconstructed from neighbouring events; see
+tracer/hops.py).
+
+Points with an ``opt_in`` name are attached only when asked for (``--probes all-skb``): the
+``func`` point stands for every kernel function with a ``struct sk_buff *`` argument, found in
+BTF by tracer/allskb.py, with one program per argument position (``<program>`` names the
+position-1 program; ``..._2`` to ``..._5`` are its siblings).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from enum import StrEnum
 class Mech(StrEnum):
     FENTRY = "fentry"
     FEXIT = "fexit"
+    KPROBE_MULTI = "kprobe.multi"
     KPROBE = "kprobe"
     TP_BTF = "tp_btf"
     NETFILTER = "netfilter"
@@ -31,6 +38,7 @@ class Mechanism:
     program: str = ""  # program name in probes/hoptrace.bpf.c ("" for inferred)
     target: str = ""  # kernel function or tracepoint
     how: str = ""  # for inferred: from which events
+    check_at: str = ""  # the function capabilities.py tries, when target names more than one
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,7 @@ class ProbePoint:
     core: bool  # tracing cannot run without it
     mechanisms: tuple[Mechanism, ...]
     doc: str
+    opt_in: str = ""  # attached only with --probes <opt_in>; "" = the curated default set
 
 
 def _func(name: str, fn: str = "") -> tuple[Mechanism, Mechanism]:
@@ -50,6 +59,8 @@ def _func(name: str, fn: str = "") -> tuple[Mechanism, Mechanism]:
         Mechanism(Mech.KPROBE, f"kp_{name}", fn or name),
     )
 
+
+ALLSKB_TARGET = "every function with a struct sk_buff * argument (BTF)"
 
 CATALOGUE: tuple[ProbePoint, ...] = (
     ProbePoint(
@@ -153,7 +164,25 @@ CATALOGUE: tuple[ProbePoint, ...] = (
         ),
         "the bridge passes a frame up to the host stack",
     ),
+    ProbePoint(
+        "func",
+        "HT_PROBE_FUNC",
+        "fn",
+        False,
+        (
+            Mechanism(Mech.KPROBE_MULTI, "kp_allskb_m1", ALLSKB_TARGET, check_at="ip_rcv"),
+            Mechanism(Mech.KPROBE, "kp_allskb_1", ALLSKB_TARGET, check_at="ip_rcv"),
+        ),
+        "any kernel function with a struct sk_buff * argument (the event names it)",
+        opt_in="all-skb",
+    ),
 )
 
 BY_NAME = {p.name: p for p in CATALOGUE}
 BY_ENUM = {p.enum: p for p in CATALOGUE}
+PROBE_SETS = ("curated", *sorted({p.opt_in for p in CATALOGUE if p.opt_in}))
+
+
+def points_of(probe_set: str = "curated") -> tuple[ProbePoint, ...]:
+    """The points a run attaches: the curated set, plus the opt-in points of ``probe_set``."""
+    return tuple(p for p in CATALOGUE if not p.opt_in or p.opt_in == probe_set)

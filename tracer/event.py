@@ -51,6 +51,7 @@ class Event(NamedTuple):
     flags: tuple[str, ...]
     hdr_kind: str  # eth / ip / none
     hdr: bytes
+    func: str = ""  # --probes all-skb: the kernel function (probe "func"); "" otherwise
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": "event", **self._asdict()}
@@ -116,10 +117,13 @@ class Namer:
         probe_ids: dict[str, int],
         point_of_enum: dict[str, str],
         netns: dict[int, str] | None = None,
+        functions: list[str] | None = None,
     ):
         """``netns``: names known beforehand (inode -> name, e.g. from a trace file), which
-        win over what the machine says; the rest are read from the machine."""
+        win over what the machine says; the rest are read from the machine. ``functions``:
+        the all-skb function list of the trace header (``ht_event.func`` k names entry k-1)."""
         self.node = node
+        self._funcs = ["", *(functions or ())]
         self._probe = {v: point_of_enum.get(k, k) for k, v in probe_ids.items()}
         hooks = kernel_enum("nf_inet_hooks")
         self._hooks = {k: v.removeprefix("NF_INET_") for k, v in hooks.items()}
@@ -210,11 +214,16 @@ class Namer:
                                               pa.array(flag_names, pa.string())),
             "hdr_kind": _names(recs["hdr_kind"], lambda c: HDR_KINDS.get(c, "none")),
             "hdr": _hex_rows(recs["hdr"]),
+            "func": _names(recs["func"], self.func_name),
         }
         assert list(cols)[1:] == list(Event._fields)  # one schema: the Event's fields, in order
         hex_len = pl.Series(np.minimum(recs["hdr_len"], recs["hdr"].shape[1]).astype(np.int64) * 2)
         df = pl.from_arrow(pa.table(cols))
         return df.with_columns(pl.col("hdr").str.slice(0, hex_len)).write_ndjson()
+
+    def func_name(self, code: int) -> str:
+        """``ht_event.func`` -> the kernel function's name ("" for 0, the curated probes)."""
+        return self._funcs[code] if 0 <= code < len(self._funcs) else f"func#{code}"
 
     def events(self, recs: np.ndarray) -> list[Event]:
         """Name a batch of kernel records. Column-wise: per-row numpy access costs ~20x more."""
@@ -226,7 +235,7 @@ class Namer:
         hdrs = hdr.tobytes()
         width = hdr.shape[1]
         probe_name, hooks, netns_name = self._probe, self._hooks, self.netns_name
-        nf_codes, drop_code = self._nf_codes, self._drop_code
+        nf_codes, drop_code, func_name = self._nf_codes, self._drop_code, self.func_name
         names: dict[bytes, str] = {}
         flag_cache: dict[int, tuple[str, ...]] = {}
         out: list[Event] = []
@@ -272,6 +281,7 @@ class Namer:
                         fl,
                         HDR_KINDS.get(col["hdr_kind"][i], "none"),
                         hdrs[base : base + col["hdr_len"][i]],
+                        func_name(col["func"][i]) if col["func"][i] else "",
                     ),
                 )
             )
@@ -297,4 +307,5 @@ _INT_COLUMNS = (
     "hdr_kind",
     "flags",
     "hdr_len",
+    "func",
 )

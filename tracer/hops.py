@@ -38,6 +38,7 @@ class HopKind(StrEnum):
     DEV_RX = "rx"  # any other receive
     DROP = "drop"  # freed as dropped, with the kernel's reason
     FREED = "freed"  # freed after normal use: delivered, consumed, or copied
+    FUNCTION = "function"  # --probes all-skb: a kernel function the packet passed (named)
 
 
 TUNNEL_KINDS = {"vxlan", "geneve", "ipip", "gre", "gretap", "ip6tnl", "sit", "tun"}
@@ -65,6 +66,8 @@ def classify(ev: Event, topo: Topology, dec: Decoded | None, prev: Event | None)
         return Hop(HopKind.DROP, "DROP")
     if ev.probe == "consume_skb":
         return Hop(HopKind.FREED, "freed")
+    if ev.probe == "func":
+        return Hop(HopKind.FUNCTION, ev.func or "function")
     if ev.probe in ("nf_hook_first", "nf_hook_last"):
         hook = NF_SHORT.get(ev.nf_hook, ev.nf_hook)
         v6 = "6" if ev.nf_pf == "ipv6" else ""
