@@ -5,6 +5,15 @@ error naming the step, with the libbpf/verifier log where there is one. Everythi
 detached by :meth:`Probes.close` (also on errors, Ctrl-C and SIGTERM: the CLI turns SIGTERM into
 an exception so ``with Probes(...)`` unwinds).
 
+Optional points fall back one program at a time: when the chosen program of an optional point
+fails to load or attach, that point moves to its next mechanism (inference at the end) with a
+warning in :attr:`Probes.warnings`, and the rest of the run goes on; a core point, or one the
+user asked for by name (``--probes all-skb``), is an error instead.
+
+``--probes all-skb`` adds the ``func`` point: tracer/allskb.py plans which functions, and
+:meth:`Probes._attach_allskb` attaches one program per skb argument position to them with
+kprobe.multi (one link per position) or one kprobe per function, each with its attach cookie.
+
 Netfilter hooks have no libbpf attach call in libbpf 1.1: the loader sets the program type
 (BPF_PROG_TYPE_NETFILTER) before load and creates the links with the raw bpf(BPF_LINK_CREATE)
 syscall, entering each network namespace with setns() because a link belongs to the netns of the
@@ -16,6 +25,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
+import resource
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,10 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import probes
-from tracer import libbpf
+from tracer import allskb, libbpf
 from tracer.btf import Btf
-from tracer.capabilities import Choice, choose_all, require_btf, require_root
-from tracer.catalogue import Mech
+from tracer.capabilities import Choice, Verdict, check, choose_all, require_btf, require_root
+from tracer.catalogue import Mech, Mechanism
 from tracer.errors import AttachError, LoadError
 from tracer.filter import CompiledFilter
 from tracer.names import Netns
@@ -48,6 +59,14 @@ class ProbeOptions:
     vxlan_ports: tuple[int, ...] = DEFAULT_VXLAN_PORTS
     ring_bytes: int = 16 << 20
     allow: frozenset[Mech] | None = None
+    probe_set: str = "curated"  # or "all-skb" (tracer/catalogue.py PROBE_SETS)
+
+    @property
+    def explicit(self) -> frozenset[str]:
+        """Points the user asked for by name: their failure is an error, not a fallback."""
+        from tracer.catalogue import CATALOGUE
+
+        return frozenset(p.name for p in CATALOGUE if p.opt_in and p.opt_in == self.probe_set)
 
 
 @dataclass
@@ -56,6 +75,7 @@ class Timings:
     open_s: float = 0.0
     load_s: float = 0.0
     attach_s: float = 0.0
+    allskb_s: float = 0.0  # of attach_s: the --probes all-skb functions (scan included)
 
     @property
     def total_s(self) -> float:
@@ -80,6 +100,8 @@ class Probes:
         self.probe_ids: dict[str, int] = {}
         self.timings = Timings()
         self.nf_netns: list[str] = []
+        self.warnings: list[str] = []  # optional probes that fell back, and why
+        self.allskb: allskb.Report | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -98,20 +120,69 @@ class Probes:
         require_root()
         require_btf()
         t0 = time.monotonic()
-        self.choices = choose_all(self.opts.allow)
+        self.choices = choose_all(self.opts.allow, self.opts.probe_set)
+        explicit = self.opts.explicit
         for c in self.choices:
-            if c.chosen is None and c.point.core:
+            if c.chosen is None and (c.point.core or c.point.name in explicit):
                 why = "; ".join(f"{m.kind}: {v.error}" for m, v in c.rejected)
-                raise AttachError(f"core probe {c.point.name} cannot be attached here ({why})")
-        t1 = time.monotonic()
-        self._open()
-        t2 = time.monotonic()
-        self._configure()
-        self._load()
-        t3 = time.monotonic()
-        self._attach()
-        t4 = time.monotonic()
-        self.timings = Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+                if c.point.core:
+                    raise AttachError(f"core probe {c.point.name} cannot be attached here ({why})")
+                kinds = " or ".join(m.kind.value for m in c.point.mechanisms)
+                raise AttachError(
+                    f"--probes {c.point.opt_in} needs {kinds} and this kernel allows neither "
+                    f"({why})"
+                )
+        # Each pass loads and attaches what is chosen; an optional program that fails moves
+        # its point to the next mechanism (_Fallback) and the next pass starts over without it.
+        for _ in range(2 * len(self.choices) + 1):
+            t1b = time.monotonic()
+            try:
+                self._open()
+                t2 = time.monotonic()
+                self._configure()
+                self._load()
+                t3 = time.monotonic()
+                self._attach()
+                t4 = time.monotonic()
+                break
+            except _Fallback:
+                self.close()
+                self.nf_netns.clear()
+                continue
+        else:
+            raise LoadError("optional probes kept failing: giving up")
+        # passes that fell back count as choosing
+        self.timings = Timings(t1b - t0, t2 - t1b, t3 - t2, t4 - t3, self.timings.allskb_s)
+
+    def _fall_back(self, program: str, step: str, error: str) -> bool:
+        """The optional point whose chosen program is ``program`` moves to its next mechanism
+        that works here; returns False when ``program`` is no such point's (core, explicit, or
+        not a point's program at all). The new mechanism needs a program: a new pass."""
+        for i, c in enumerate(self.choices):
+            m = c.chosen
+            if m is None or m.program != program:
+                continue
+            if c.point.core or c.point.name in self.opts.explicit:
+                return False
+            rejected = [*c.rejected, (m, Verdict(False, f"{step}: {error}"))]
+            nxt: Mechanism | None = None
+            for cand in c.point.mechanisms[c.point.mechanisms.index(m) + 1 :]:
+                allow = self.opts.allow
+                if allow is not None and cand.kind not in allow and cand.kind != Mech.INFERRED:
+                    continue
+                v = check(cand.kind, cand.check_at or cand.target)
+                if v.ok:
+                    nxt = cand
+                    break
+                rejected.append((cand, v))
+            self.choices[i] = Choice(c.point, nxt, tuple(rejected))
+            instead = f"{nxt.kind} instead" if nxt else "nothing instead"
+            self.warnings.append(
+                f"optional probe {c.point.name}: {m.kind} {m.target} failed to {step} "
+                f"({error}); {instead}"
+            )
+            return True
+        return False
 
     def close(self) -> None:
         """Detach and free everything; safe to call twice and after partial starts."""
@@ -156,6 +227,11 @@ class Probes:
         lib, btf, opts = self._lib, self._btf, self.opts
         assert btf is not None
         wanted = {c.chosen.program for c in self.choices if c.chosen and c.chosen.program}
+        for c in self.choices:
+            if c.chosen and c.point.opt_in == "all-skb":
+                # one program per skb argument position, and the free-path guard
+                wanted |= {c.chosen.program[:-1] + str(n) for n in range(1, allskb.MAX_ARG + 1)}
+                wanted |= {"tp_allskb_kfree", "tp_allskb_consume"}
         prog = lib.bpf_object__next_program(self._obj, None)
         while prog:
             name = lib.bpf_program__name(prog).decode()
@@ -204,9 +280,11 @@ class Probes:
         libbpf.take_log()
         err = self._lib.bpf_object__load(self._obj)
         if err:
-            raise LoadError(
-                f"loading BPF programs failed ({libbpf.errmsg(err)})", libbpf.take_log()
-            )
+            log = libbpf.take_log()
+            m = re.search(r"prog '(\w+)': (?:BPF program load failed|failed to load)", log)
+            if m and self._fall_back(m.group(1), "load", libbpf.errmsg(err)):
+                raise _Fallback()
+            raise LoadError(f"loading BPF programs failed ({libbpf.errmsg(err)})", log)
         if not self.opts.netns_all:
             fd = self._lib.bpf_map__fd(self._map("netns_allow"))
             one = ctypes.c_uint8(1)
@@ -221,28 +299,104 @@ class Probes:
     def _attach(self) -> None:
         lib = self._lib
         nf_progs: list[str] = []
-        for c in self.choices:
+        fallback = False
+        for c in list(self.choices):
             mech = c.chosen
             if mech is None or not mech.program:
                 continue
             if mech.kind == Mech.NETFILTER:
                 nf_progs.append(mech.program)
                 continue
+            if c.point.opt_in == "all-skb":
+                continue  # attached last, below: its attach time is measured on its own
             libbpf.take_log()
             link = lib.bpf_program__attach(self._program(mech.program))
             if not link:
                 err = ctypes.get_errno()
+                log = libbpf.take_log().strip()
+                if self._fall_back(mech.program, "attach", f"{libbpf.errmsg(err)}: {log}"):
+                    nxt = next(x for x in self.choices if x.point == c.point).chosen
+                    fallback = fallback or bool(nxt and nxt.program)
+                    continue
                 raise AttachError(
                     f"attaching {mech.kind} {mech.target} for {c.point.name} failed "
-                    f"({libbpf.errmsg(err)}): {libbpf.take_log().strip()}"
+                    f"({libbpf.errmsg(err)}): {log}"
                 )
             self._links.append(link)
+        if fallback:
+            raise _Fallback()  # a next mechanism needs its program loaded: a new pass
         if nf_progs:
             self._attach_netfilter(nf_progs, self.opts.netns)
+        for c in self.choices:
+            if c.chosen and c.point.opt_in == "all-skb":
+                self._attach_allskb(c.chosen)
         self._rb = libbpf.check_ptr(
             lib.ring_buffer__new(lib.bpf_map__fd(self._map("events")), self._cb, None, None),
             "ring_buffer__new",
             LoadError,
+        )
+
+    def _attach_allskb(self, mech: Mechanism) -> None:
+        """Every function of the all-skb plan, by skb argument position; functions the kernel
+        refuses are skipped and counted (pwru skips them too), an empty result is an error."""
+        t0 = time.monotonic()
+        curated = {
+            c.chosen.target
+            for c in self.choices
+            if c.chosen and c.chosen.kind in (Mech.FENTRY, Mech.FEXIT, Mech.KPROBE)
+            and not c.point.opt_in
+        }
+        plan = allskb.plan(curated)
+        report = allskb.Report(mech.kind.value, plan)
+        _raise_nofile(len(plan.functions) + 256)  # a kprobe holds a perf event fd
+        t1 = time.monotonic()
+        for pos, items in sorted(plan.by_position().items()):
+            prog = self._program(mech.program[:-1] + str(pos))
+            if mech.kind == Mech.KPROBE_MULTI:
+                report.attached += self._attach_multi(prog, items, report)
+            else:
+                for fn, cookie in items:
+                    try:
+                        self._links.append(libbpf.attach_kprobe(prog, fn, cookie))
+                        report.attached += 1
+                        report.links += 1
+                    except OSError as exc:
+                        report.rejected[fn] = libbpf.errmsg(exc.errno or 0)
+        libbpf.take_log()  # libbpf logs every refusal; the report has them
+        report.attach_s = time.monotonic() - t1
+        self.allskb = report
+        self.timings.allskb_s = time.monotonic() - t0
+        if report.attached == 0:
+            some = "; ".join(f"{k}: {v}" for k, v in list(report.rejected.items())[:3])
+            raise AttachError(
+                f"--probes all-skb: no function could be attached with {mech.kind} "
+                f"({len(plan.functions)} tried; {some or 'none traceable'})"
+            )
+
+    _SKIPPABLE = {errno.ESRCH, errno.ENOENT, errno.EINVAL, errno.EADDRNOTAVAIL, errno.EBUSY}
+
+    def _attach_multi(self, prog: int, items: list[tuple[str, int]], rep: allskb.Report) -> int:
+        """One kprobe.multi link for ``items``; when the kernel refuses the list (it does not
+        say which function), halve it until the refused functions stand alone."""
+        try:
+            self._links.append(
+                libbpf.attach_kprobe_multi(prog, [f for f, _ in items], [c for _, c in items])
+            )
+            rep.links += 1
+            return len(items)
+        except OSError as exc:
+            err = exc.errno or 0
+            if err not in self._SKIPPABLE:
+                raise AttachError(
+                    f"--probes all-skb: kprobe.multi link on {len(items)} functions failed "
+                    f"({libbpf.errmsg(err)}): {libbpf.take_log().strip()[-300:]}"
+                ) from exc
+            if len(items) == 1:
+                rep.rejected[items[0][0]] = libbpf.errmsg(err)
+                return 0
+        half = len(items) // 2
+        return self._attach_multi(prog, items[:half], rep) + self._attach_multi(
+            prog, items[half:], rep
         )
 
     def _attach_netfilter(self, names: Iterable[str], namespaces: list[Netns]) -> None:
@@ -339,6 +493,21 @@ class Probes:
             if v == probe_id:
                 return _point_name(k)
         return str(probe_id)
+
+
+class _Fallback(Exception):
+    """An optional program failed and its point moved on: load and attach again."""
+
+
+def _raise_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    want = max(need, soft)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _point_name(enum_name: str) -> str:

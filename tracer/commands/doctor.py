@@ -8,7 +8,7 @@ import os
 import platform
 from pathlib import Path
 
-from tracer.capabilities import choose_all, require_btf, require_root
+from tracer.capabilities import Choice, choose_all, require_btf, require_root
 from tracer.catalogue import Mech
 
 EXAMPLES = """\
@@ -56,10 +56,29 @@ def parse_mechanisms(spec: str | None) -> frozenset[Mech] | None:
     return frozenset(out)
 
 
+def _allskb_status(choice: Choice) -> dict[str, object]:
+    """Whether ``--probes all-skb`` can run here, how, and on how many functions (BTF)."""
+    from tracer.allskb import skb_functions
+
+    funcs, modules = skb_functions()
+    out: dict[str, object] = {
+        "possible": choice.chosen is not None,
+        "mechanism": choice.chosen.kind.value if choice.chosen else None,
+        "functions_in_btf": len(funcs),
+        "modules": modules,
+        "why_not": "",
+    }
+    if choice.chosen is None:
+        kinds = " or ".join(m.kind.value for m in choice.point.mechanisms)
+        why = "; ".join(f"{m.kind}: {v.error}" for m, v in choice.rejected)
+        out["why_not"] = f"needs {kinds} ({why})"
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     require_root()
     require_btf()
-    choices = choose_all(parse_mechanisms(args.mechanisms))
+    choices = choose_all(parse_mechanisms(args.mechanisms), "all-skb")
     rows = [
         {
             "point": c.point.name,
@@ -70,8 +89,13 @@ def run(args: argparse.Namespace) -> int:
         }
         for c in choices
     ]
+    allskb = _allskb_status(next(c for c in choices if c.point.opt_in == "all-skb"))
     if args.format == "json":
-        print(json.dumps({"kernel": platform.release(), "probes": rows}, indent=2))
+        print(
+            json.dumps(
+                {"kernel": platform.release(), "probes": rows, "all_skb": allskb}, indent=2
+            )
+        )
     else:
         print(
             f"kernel {platform.release()}, BTF {Path('/sys/kernel/btf/vmlinux').exists()}, "
@@ -83,5 +107,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r['point']:<18} {mech:<10} {r['target'] or ''}")
             for rej in r["rejected"]:
                 print(f"{'':<18} {'':<10} not {rej['mechanism']}: {rej['error']}")
+        if allskb["possible"]:
+            print(
+                f"--probes all-skb: possible, via {allskb['mechanism']} on "
+                f"{allskb['functions_in_btf']} functions with a struct sk_buff * argument in BTF"
+            )
+        else:
+            print(f"--probes all-skb: not possible here: {allskb['why_not']}")
     missing = [r["point"] for r in rows if r["core"] and not r["mechanism"]]
     return 1 if missing else 0

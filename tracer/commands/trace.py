@@ -15,6 +15,7 @@ import numpy as np
 
 from tracer import __version__, libbpf
 from tracer.capabilities import require_root
+from tracer.catalogue import PROBE_SETS
 from tracer.chains import Chain, ChainBuilder, render
 from tracer.errors import UsageError
 from tracer.event import NEW_TRACK, Namer
@@ -27,11 +28,16 @@ examples:
   hoptrace trace 'host 10.244.2.2 and icmp' --netns all --count 4
   hoptrace trace 'tcp port 8080' --duration 5 -o trace.jsonl
   hoptrace trace 'udp port 8472' --outer --netns htlab-n1,htlab-n2
+  hoptrace trace 'icmp and host 10.244.2.2' --probes all-skb --count 1
   hoptrace trace --format json | jq 'select(.type=="event") | .probe'
 
 The filter is tcpdump syntax (see docs/filters.md), matched in the kernel against the innermost
 headers (after VXLAN/Geneve/GRE/IPIP decapsulation) unless --outer is given. A matching packet is
 then followed by identity through veth, bridges, tunnels and NAT until it is freed.
+
+--probes all-skb (pwru's idea) adds every kernel function with a struct sk_buff * argument,
+found from BTF, through kprobe.multi (or one kprobe each where the kernel lacks it): thousands
+of probes, seconds to attach, and a cost on every packet of the machine, matching or not.
 """
 
 
@@ -119,6 +125,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         action="store_true",
         help="show netfilter accept (last-priority) events in hop chains",
     )
+    p.add_argument(
+        "--probes",
+        choices=PROBE_SETS,
+        default="curated",
+        help="curated (default): the catalogue's points (hoptrace doctor); all-skb: those "
+        "plus every kernel function taking a struct sk_buff * (needs kprobe.multi or kprobes)",
+    )
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
@@ -160,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         outer=args.outer,
         vxlan_ports=ports,
         ring_bytes=ring << 20,
+        probe_set=args.probes,
     )
     out_fp: IO[str] | None = args.output.open("w") if args.output else None
     writers = [
@@ -181,7 +195,13 @@ def _loop(args, probes, topo, writers, expr, ports, stop) -> int:  # type: ignor
     from decoders import PortMap
     from tracer.catalogue import CATALOGUE
 
-    namer = Namer(args.node, probes.probe_ids, {p.enum: p.name for p in CATALOGUE})
+    allskb = probes.allskb
+    namer = Namer(
+        args.node,
+        probes.probe_ids,
+        {p.enum: p.name for p in CATALOGUE},
+        functions=allskb.plan.functions if allskb else None,
+    )
     header = dict(
         node=args.node,
         hostname=socket.gethostname(),
@@ -204,7 +224,15 @@ def _loop(args, probes, topo, writers, expr, ports, stop) -> int:  # type: ignor
             for c in probes.choices
         ],
         topology=topo.to_json(),
+        probe_set=probes.opts.probe_set,
+        attach_s=round(probes.timings.total_s, 3),
     )
+    if allskb:
+        header["all_skb"] = allskb.to_json()
+    for warning in probes.warnings:
+        print(f"hoptrace: warning: {warning}", file=sys.stderr)
+    if allskb:
+        print(f"hoptrace: {allskb.summary()}", file=sys.stderr)
     for w in writers:
         w.header(**header)
     # Hop chains are built only when someone reads them (text on stdout) or --count needs them;
