@@ -431,7 +431,7 @@ class _Correlator:
         _, rep = np.unique(combo, return_index=True)
         topos = [Topology.from_json(n.header.get("topology") or {}) for n in self.nodes]
         kinds, labels, inferred = [], [], []
-        cols = list(Event._fields)
+        cols = [c for c in Event._fields if c in ev.columns]  # older files: defaults
         for r in rep:
             e = _event_at(ev, cols, int(r))
             prev = _event_at(ev, cols, int(last_dev[r])) if last_dev[r] >= 0 else None
