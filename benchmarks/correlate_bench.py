@@ -9,7 +9,8 @@ correlator has to match every packet across the two files by its headers.
 Each stage runs in a fresh process, so its peak RSS (ru_maxrss) is its own:
 
 - ``load``: ``tracer.correlate.load`` end to end (read both files + correlate).
-- ``read``: the file-reading part alone (pyarrow JSON -> DataFrame).
+- ``read``: the file-reading part alone (polars JSON lines -> Arrow -> DataFrame).
+- ``read-pyarrow`` (peer): pyarrow's JSON reader on the same files (what ``read`` used before).
 - ``report``: ``load`` + ``tracer.report.build`` (percentiles, paths, diagnosis).
 - ``chains`` (peer): the live per-event path on the same files, ``read_trace`` +
   ``ChainBuilder`` per node (one node's chains, no cross-node matching).
@@ -113,6 +114,20 @@ def stage(name: str, files: list[str]) -> dict[str, float]:
         import pyarrow as pa
 
         out["events"] = len(_frame(pa.concat_tables(tabs)))
+    elif name == "read-pyarrow":  # peer: pyarrow's JSON reader, what correlate used before
+        import pyarrow as pa
+        import pyarrow.json as pj
+
+        from tracer.correlate import EVENT_SCHEMA
+
+        n = 0
+        for f in files:
+            with open(f, "rb") as fp:
+                fp.readline()
+                tab = pj.read_json(fp, parse_options=pj.ParseOptions(
+                    explicit_schema=EVENT_SCHEMA, unexpected_field_behavior="ignore"))
+            n += len(tab.filter(pa.compute.equal(tab["type"], "event")))
+        out["events"] = n
     elif name == "report":
         from tracer.correlate import load
         from tracer.report import build
@@ -143,7 +158,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--keep", type=Path, help="generate into DIR and keep the files")
-    ap.add_argument("--stages", default="read,load,report,chains")
+    ap.add_argument("--stages", default="read,read-pyarrow,load,report,chains")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -43,8 +43,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.json as pj
 
 from decoders import DEFAULT_PORTS, START_ETH, START_IP, Decoded, PortMap, decode
 from tracer.chains import DEVICE_POINTS, change_between
@@ -54,7 +52,7 @@ from tracer.event import SCHEMA_VERSION, Event
 from tracer.hops import HopKind, classify
 from tracer.names import Topology
 
-__all__ = ["Traces", "load", "from_frame", "BENIGN_REASONS", "is_benign"]
+__all__ = ["Traces", "load", "from_frame", "BENIGN_REASONS", "is_benign", "str_values"]
 
 #: Drop reasons that are normal end-of-life, not failures (docs/report.md).
 BENIGN_REASONS = frozenset({"SKB_CONSUMED", "QUEUE_PURGE", "SOCKET_CLOSE"})
@@ -117,7 +115,7 @@ class NodeTrace:
 
 
 def _read_file(path: Path, idx: int) -> tuple[NodeTrace, pa.Table]:
-    """Header by json; every other line through pyarrow's streaming JSON reader (C++)."""
+    """Header and summary by json; every line through polars' JSON-lines reader (Rust)."""
     try:
         fp = path.open("rb")
     except OSError as exc:
@@ -147,37 +145,31 @@ def _read_file(path: Path, idx: int) -> tuple[NodeTrace, pa.Table]:
             break
     nt = NodeTrace(str(path), str(header.get("node") or path.stem), header,
                    {k: int(v) for k, v in (summary.get("lost") or {}).items()}, summary)
-    batches = []
-    if size > body_at:
-        src = pa.OSFile(str(path))
-        src.seek(body_at)
-        try:
-            reader = pj.open_json(
-                src,
-                read_options=pj.ReadOptions(block_size=8 << 20),
-                parse_options=pj.ParseOptions(explicit_schema=EVENT_SCHEMA,
-                                              unexpected_field_behavior="ignore"),
-            )
-            for batch in reader:
-                batches.append(batch)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise UsageError(f"{path}: not a hoptrace trace file ({exc})") from exc
-        finally:
-            src.close()
-    table = pa.Table.from_batches(batches, EVENT_SCHEMA)
-    lost_rows = table.filter(pc.equal(table["type"], "lost"))
-    for probe, count in zip(lost_rows["probe"].to_pylist(), lost_rows["count"].to_pylist(),
+    import polars as pl  # lazily: the live tracer imports this module's helpers
+
+    schema = pl.Schema({f.name: pl.from_arrow(pa.array([], f.type)).dtype for f in EVENT_SCHEMA})
+    try:
+        # polars' JSON-lines reader is ~2x pyarrow.json here (tested on 1M events); keys that
+        # are not in the schema (the header line's) are ignored
+        df = pl.read_ndjson(path, schema=schema)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path}: not a hoptrace trace file ({msg})") from exc
+    lost_rows = df.filter(pl.col("type") == "lost")
+    for probe, count in zip(lost_rows["probe"].to_list(), lost_rows["count"].to_list(),
                             strict=True):
         nt.lost[probe] = max(nt.lost.get(probe, 0), int(count or 0))
-    table = table.filter(pc.equal(table["type"], "event")).drop_columns(["type", "count"])
-    table = table.set_column(table.schema.get_field_index("flags"), "flags",
-                             pc.binary_join(table["flags"], ","))
-    if table.num_rows:
+    df = df.filter(pl.col("type") == "event").drop("type", "count").with_columns(
+        pl.col("flags").list.join(","),
         # events keep the file's node name even if an old writer left it out
-        table = table.set_column(table.schema.get_field_index("node"), "node",
-                                 pc.fill_null(table["node"], nt.node))
-    table = table.append_column("file", pa.array(np.full(table.num_rows, idx, np.int16)))
-    return nt, table
+        pl.col("node").fill_null(nt.node),
+        pl.lit(idx, pl.Int16).alias("file"),
+    )
+    table = df.to_arrow()
+    # polars hands out large_string; pandas would keep those Arrow-backed (slow per-row access)
+    return nt, table.cast(pa.schema([pa.field(f.name, pa.string())
+                                     if f.type == pa.large_string() else f
+                                     for f in table.schema]))
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:
@@ -463,7 +455,7 @@ class _Correlator:
             change[cand] = texts[codes]
         ev["nat"] = cand & (c["ntun"][np.maximum(d, 0)] == c["ntun"][np.maximum(prev_d, 0)])
         # drops: reason, and the netfilter hook the packet entered and never left
-        probe = ev["probe"].astype(str).to_numpy()
+        probe = str_values(ev["probe"])
         hook = ev["nf_hook"].cat.codes.to_numpy(np.int64)
         state = np.where(probe == "nf_hook_first", hook, np.where(probe == "nf_hook_last", -2, -1))
         open_hook = _group_shift(_group_ffill(state, seg), seg)
@@ -480,7 +472,7 @@ class _Correlator:
             change[is_drop] = txt
         ev["change"] = pd.Categorical(change)
         c_type = c["icmp_type"][np.maximum(self.d, 0)]
-        reason = ev["drop_reason"].astype(str).to_numpy()
+        reason = str_values(ev["drop_reason"])
         benign = is_drop & (np.isin(reason, list(BENIGN_REASONS)) | (
             (reason == "NO_SOCKET") & np.isin(ev["proto"].to_numpy(), (1, 58))
             & np.isin(c_type, (0, 129))))
@@ -496,7 +488,7 @@ class _Correlator:
         n = len(ev)
         starts = np.r_[0, np.flatnonzero(seg[1:] != seg[:-1]) + 1]
         ends = np.r_[starts[1:], n] - 1
-        probe = ev["probe"].astype(str).to_numpy()
+        probe = str_values(ev["probe"])
         is_free = ev["is_free"].to_numpy()
         decoded = ev["decoded"].to_numpy()
         row = np.arange(n)
@@ -519,7 +511,7 @@ class _Correlator:
 
         end_probe = probe[ends]
         dropped = ev["is_drop"].to_numpy()[ends]
-        node_name = ev["node"].astype(str).to_numpy()
+        node_name = str_values(ev["node"])
         s = pd.DataFrame({
             "segment": seg[starts],
             "file": ev["file"].to_numpy()[starts],
@@ -538,8 +530,8 @@ class _Correlator:
             "starts_rx": probe[starts] == "netif_receive_skb",
             # a packet born here: a local send (LOCAL_OUT) or a pod's first transmit
             "starts_local": ((probe[starts] == "nf_hook_first")
-                             & (ev["nf_hook"].astype(str).to_numpy()[starts] == "LOCAL_OUT"))
-            | (ev["hop"].astype(str).to_numpy()[starts] == str(HopKind.POD_TX)),
+                             & (str_values(ev["nf_hook"])[starts] == "LOCAL_OUT"))
+            | (str_values(ev["hop"])[starts] == str(HopKind.POD_TX)),
             "leaves_tx": (probe[last_path] == "net_dev_queue") & ~dropped,
             "end": np.where(dropped, "dropped", np.where(
                 is_free[ends], "freed", "open")),
@@ -631,7 +623,7 @@ class _Correlator:
         ev["in_path"] = ~tail_free
         off = {n: c.offset_ns for n, c in clocks.items()}
         unc = {n: c.uncertainty_ns for n, c in clocks.items()}
-        node = ev["node"].astype(str)
+        node = pd.Series(str_values(ev["node"]), index=ev.index)
         ev["t_ns"] = ev["ts_ns"].to_numpy(np.int64) + node.map(off).fillna(0).to_numpy(np.int64)
         h = ev.loc[ev["in_path"], ["packet", "segment", "node", "netns", "ifname", "probe",
                                    "hop", "label", "inferred", "change", "nat", "ts_ns", "t_ns",
@@ -645,7 +637,7 @@ class _Correlator:
         first = np.r_[True, pk[1:] != pk[:-1]]
         dt = np.r_[0, np.diff(t)]
         dt[first] = 0
-        hn = h["node"].astype(str).to_numpy()
+        hn = str_values(h["node"])
         cross = np.r_[False, hn[1:] != hn[:-1]] & ~first
         u = np.zeros(len(h), np.float64)
         if cross.any():
@@ -680,8 +672,7 @@ class _Correlator:
         gd = decoded_ok.groupby("packet", sort=True)
         d_first = gd["dec"].first().reindex(first.index).fillna(-1).astype(np.int64).to_numpy()
         d_last = gd["dec"].last().reindex(first.index).fillna(-1).astype(np.int64).to_numpy()
-        nodes = h.drop_duplicates(["packet", "node"]).groupby("packet", sort=True)["node"].agg(
-            lambda x: ">".join(map(str, x)))
+        nodes = _joined(h.drop_duplicates(["packet", "node"]), "packet", "node")
         segs = s.groupby("packet", sort=True).size()
 
         def col(name: str, rows: np.ndarray, missing: Any = "") -> np.ndarray:
@@ -710,10 +701,10 @@ class _Correlator:
             "key_after": col("key_id", d_last, -1).astype(np.int64),
             "ident": col("ident_id", d_first, -1).astype(np.int64),
             "fate": fate,
-            "drop_reason": np.where(ended, last["drop_reason"].astype(str).to_numpy(), ""),
-            "drop_node": np.where(ended, last["node"].astype(str).to_numpy(), ""),
-            "drop_netns": np.where(ended, last["netns"].astype(str).to_numpy(), ""),
-            "drop_hook": np.where(ended, last["drop_hook"].astype(str).to_numpy(), ""),
+            "drop_reason": np.where(ended, str_values(last["drop_reason"]), ""),
+            "drop_node": np.where(ended, str_values(last["node"]), ""),
+            "drop_netns": np.where(ended, str_values(last["netns"]), ""),
+            "drop_hook": np.where(ended, str_values(last["drop_hook"]), ""),
             "e2e_ns": end_off.to_numpy(),
             "clamped": g["clamped"].any().to_numpy(),
         })
@@ -759,16 +750,19 @@ class _Correlator:
         ok = p[p["fate"] != "dropped"]
         q = ok.groupby("flow")["e2e_ns"].quantile([0.5, 0.9, 0.99]).unstack()
         q = q.reindex(firsts.index)
-        nodes = p.drop_duplicates(["flow", "nodes"]).groupby("flow", sort=True)["nodes"].agg(
-            lambda x: ">".join(dict.fromkeys(">".join(map(str, x)).split(">"))))
+        # the nodes of all its packets' paths, in order of first appearance
+        node_seq = p.drop_duplicates(["flow", "nodes"])[["flow", "nodes"]]
+        node_seq = node_seq.assign(nodes=node_seq["nodes"].astype(str).str.split(">")).explode(
+            "nodes").drop_duplicates()
+        nodes = _joined(node_seq, "flow", "nodes")
         pods = self._pods(h)
         proto = firsts["proto"].to_numpy(np.int64)
-        server = firsts["dst"].astype(str).to_numpy()
+        server = str_values(firsts["dst"])
         served_by = [t.rsplit(":", 1)[0] if t else s for t, s in zip(nat_to, server,
                                                                       strict=True)]
         ends = {
             "client": [a if pr == 1 or not pt else _endpoint(a, int(pt)) for a, pt, pr in zip(
-                firsts["src"].astype(str), firsts["sport"], proto, strict=True)],
+                str_values(firsts["src"]), firsts["sport"], proto, strict=True)],
             "server": [a if pr == 1 or not pt else _endpoint(a, int(pt)) for a, pt, pr in zip(
                 server, firsts["dport"], proto, strict=True)],
         }
@@ -783,7 +777,7 @@ class _Correlator:
             "packets": g.size().to_numpy(),
             "forward": pd.Series(fwd).groupby(fid).sum().reindex(firsts.index).to_numpy(),
             "reverse": pd.Series(~fwd).groupby(fid).sum().reindex(firsts.index).to_numpy(),
-            "drops": g["fate"].agg(lambda x: int((x == "dropped").sum())).to_numpy(),
+            "drops": (p["fate"] == "dropped").groupby(fid).sum().reindex(firsts.index).to_numpy(),
             "nodes": nodes.reindex(firsts.index).to_numpy(),
             "first_ns": g["first_ns"].min().to_numpy(),
             "last_ns": g["first_ns"].max().to_numpy(),
@@ -805,9 +799,33 @@ class _Correlator:
         out: dict[str, str] = {}
         for kind, col in ((HopKind.POD_TX, "src"), (HopKind.POD_RX, "dst")):
             sel = h[h["hop"] == str(kind)]
-            for addr, ns in zip(sel[col].astype(str), sel["netns"].astype(str), strict=True):
+            for addr, ns in zip(str_values(sel[col]), str_values(sel["netns"]), strict=True):
                 out.setdefault(addr, ns)
         return out
+
+
+def str_values(s: pd.Series) -> np.ndarray:
+    """The column as an object array of str: through the categories for a categorical (pandas'
+    ``astype(str)`` builds an Arrow string array first, ~1 s per million rows)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        cats = np.array([str(c) for c in s.cat.categories] + [np.nan], dtype=object)
+        return cats[s.cat.codes.to_numpy()]  # code -1: missing stays NaN, as with astype(str)
+    return s.astype(str).to_numpy(object)
+
+
+def _joined(df: pd.DataFrame, key: str, col: str, sep: str = ">") -> pd.Series:
+    """``sep.join`` of ``col`` per ``key`` in row order, without a Python call per group: each
+    group has a few rows (its nodes), so this joins the k-th members column by column."""
+    k = df.groupby(key, sort=False).cumcount().to_numpy()
+    wide = pd.DataFrame({key: df[key].to_numpy(), "k": k,
+                         col: str_values(df[col])}).pivot(
+        index=key, columns="k", values=col)
+    out = wide[0].to_numpy(object)
+    for j in wide.columns[1:]:
+        nxt = wide[j].to_numpy(object)
+        has = pd.notna(nxt)
+        out[has] = out[has] + sep + nxt[has]
+    return pd.Series(out, index=wide.index, dtype=object)
 
 
 def _summaries(h: _Headers, rows: np.ndarray) -> np.ndarray:

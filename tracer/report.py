@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tracer import __version__
-from tracer.correlate import Traces
+from tracer.correlate import Traces, str_values
 from tracer.hops import HopKind
 from tracer.report_diagnose import diagnose
 
@@ -66,7 +66,7 @@ def _paths(tr: Traces, flows: Any = None) -> dict[int, list[dict[str, Any]]]:
     lat = np.r_[0, np.diff(off)].astype(np.float64)
     lat[first] = 0
     place = ["node", "netns", "ifname", "label", "hop"]
-    d = pd.DataFrame({c: h[c].astype(str).to_numpy() for c in place})
+    d = pd.DataFrame({c: str_values(h[c]) for c in place})
     d["flow"] = flow[keep]
     d["direction"] = pk["direction"].reindex(pkt).to_numpy()
     d["packet"] = pkt
@@ -76,7 +76,7 @@ def _paths(tr: Traces, flows: Any = None) -> dict[int, list[dict[str, Any]]]:
     d["cross"] = h["cross_node"].to_numpy()
     d["unc"] = h["uncertainty_ns"].to_numpy(np.float64)
     d["clamped"] = h["clamped"].to_numpy()
-    d["change"] = h["change"].astype(str).to_numpy()
+    d["change"] = str_values(h["change"])
     d["nth"] = d.groupby(["packet", *place], sort=False).cumcount()
     key = ["flow", "direction", *place, "nth"]
     g = d.groupby(key, sort=False)
@@ -172,11 +172,12 @@ def build(tr: Traces, max_paths: int = MAX_PATHS) -> dict[str, Any]:
     flows = []
     natp = p[p["nat"]].drop_duplicates(["flow", "tuple_before", "tuple_after"]) if len(
         p) else p
-    nat_of = {int(k): g for k, g in natp.groupby("flow")} if len(natp) else {}
+    nat_of: dict[int, list[dict[str, str]]] = {}
+    for k, b, a in zip(natp["flow"].to_numpy(), natp["tuple_before"], natp["tuple_after"],
+                       strict=True):
+        nat_of.setdefault(int(k), []).append({"before": b, "after": a})
     clamped = p.groupby("flow")["clamped"].sum() if len(p) else {}
     for r in (f.to_dict("records") if not f.empty else []):
-        nat = nat_of.get(int(r["flow"]), pd.DataFrame(columns=["tuple_before", "tuple_after"]))
-        nat = nat[["tuple_before", "tuple_after"]]
         flows.append({
             "flow": int(r["flow"]), "name": r["name"], "proto": r["proto"],
             "client": r["client"], "client_pod": r["client_pod"], "server": r["server"],
@@ -185,7 +186,7 @@ def build(tr: Traces, max_paths: int = MAX_PATHS) -> dict[str, Any]:
             "reverse": int(r["reverse"]), "drops": int(r["drops"]), "nodes": r["nodes"],
             "e2e_ns": {"p50": _num(r["e2e_p50_ns"]), "p90": _num(r["e2e_p90_ns"]),
                        "p99": _num(r["e2e_p99_ns"])},
-            "nat": [{"before": b, "after": a} for b, a in nat.itertuples(index=False)],
+            "nat": nat_of.get(int(r["flow"]), []),
             "paths": paths.get(int(r["flow"]), []),
             "clamped_packets": int(clamped.get(r["flow"], 0)),
         })

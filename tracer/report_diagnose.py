@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tracer.correlate import Traces
+from tracer.correlate import Traces, str_values
 from tracer.hops import HopKind
 
 Finding = dict[str, Any]
@@ -364,16 +364,16 @@ def _hook_times(tr: Traces) -> pd.DataFrame:
     if h.empty or "nf_hook" not in ev.columns:
         return pd.DataFrame()
     pk = h["packet"].to_numpy()
-    ns = h["netns"].astype(str).to_numpy()
-    nd = h["node"].astype(str).to_numpy()
+    ns = str_values(h["netns"])
+    nd = str_values(h["node"])
     nxt = np.r_[(pk[1:] == pk[:-1]) & (ns[1:] == ns[:-1]) & (nd[1:] == nd[:-1]), False]
-    rows = np.flatnonzero((h["probe"].astype(str) == "nf_hook_first").to_numpy() & nxt)
+    rows = np.flatnonzero((str_values(h["probe"]) == "nf_hook_first") & nxt)
     if not len(rows):
         return pd.DataFrame()
     t = h["ts_ns"].to_numpy(np.int64)
-    hook = ev.loc[h["event"].to_numpy()[rows], "nf_hook"].astype(str).to_numpy()
+    hook = str_values(ev.loc[h["event"].to_numpy()[rows], "nf_hook"])
     out = pd.DataFrame({"packet": pk[rows], "node": nd[rows], "netns": ns[rows],
-                        "hook": hook, "ifname": h["ifname"].astype(str).to_numpy()[rows],
+                        "hook": hook, "ifname": str_values(h["ifname"])[rows],
                         "inside_ns": t[rows + 1] - t[rows]})
     p = tr.packets
     first = p.sort_values("first_ns", kind="stable").groupby("flow")["packet"].first()
