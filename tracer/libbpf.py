@@ -45,7 +45,6 @@ def _load() -> ctypes.CDLL:
 _lib: ctypes.CDLL | None = None
 
 PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
-RING_CB = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
 
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "libbpf_set_print": (c_void_p, [PRINT_FN]),
@@ -85,10 +84,6 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "btf__type_by_id": (c_void_p, [c_void_p, c_uint32]),
     "btf__name_by_offset": (c_char_p, [c_void_p, c_uint32]),
     "btf__resolve_size": (c_int64, [c_void_p, c_uint32]),
-    "ring_buffer__new": (c_void_p, [c_int, RING_CB, c_void_p, c_void_p]),
-    "ring_buffer__poll": (c_int, [c_void_p, c_int]),
-    "ring_buffer__consume": (c_int, [c_void_p]),
-    "ring_buffer__free": (None, [c_void_p]),
 }
 
 

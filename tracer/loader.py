@@ -41,6 +41,7 @@ from tracer.catalogue import Mech, Mechanism
 from tracer.errors import AttachError, LoadError
 from tracer.filter import CompiledFilter
 from tracer.names import Netns
+from tracer.ringbuf import RingReader
 
 NFPROTO = {"ipv4": 2, "ipv6": 10}
 NF_HOOKS = range(5)  # PRE_ROUTING, LOCAL_IN, FORWARD, LOCAL_OUT, POST_ROUTING
@@ -92,9 +93,7 @@ class Probes:
         self._btf: Btf | None = None
         self._links: list[int] = []
         self._nf_fds: list[int] = []
-        self._rb: int = 0
-        self._chunks: list[bytes] = []
-        self._cb = libbpf.RING_CB(self._on_event)
+        self._ring: RingReader | None = None
         self.choices: list[Choice] = []
         self.event_dtype: np.dtype | None = None
         self.probe_ids: dict[str, int] = {}
@@ -187,9 +186,9 @@ class Probes:
     def close(self) -> None:
         """Detach and free everything; safe to call twice and after partial starts."""
         lib = self._lib
-        if self._rb:
-            lib.ring_buffer__free(self._rb)
-            self._rb = 0
+        if self._ring:
+            self._ring.close()
+            self._ring = None
         for link in self._links:
             lib.bpf_link__destroy(link)
         self._links.clear()
@@ -330,11 +329,12 @@ class Probes:
         for c in self.choices:
             if c.chosen and c.point.opt_in == "all-skb":
                 self._attach_allskb(c.chosen)
-        self._rb = libbpf.check_ptr(
-            lib.ring_buffer__new(lib.bpf_map__fd(self._map("events")), self._cb, None, None),
-            "ring_buffer__new",
-            LoadError,
-        )
+        assert self.event_dtype is not None
+        ring = self._map("events")
+        try:
+            self._ring = RingReader(lib.bpf_map__fd(ring), self.opts.ring_bytes, self.event_dtype)
+        except OSError as exc:
+            raise LoadError(f"map the ring buffer: {exc.strerror}") from exc
 
     def _attach_allskb(self, mech: Mechanism) -> None:
         """Every function of the all-skb plan, by skb argument position; functions the kernel
@@ -452,28 +452,15 @@ class Probes:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _on_event(self, _ctx: int, data: int, size: int) -> int:
-        self._chunks.append(ctypes.string_at(data, size))
-        return 0
-
     def read(self, timeout_ms: int = 10) -> np.ndarray:
         """Wait up to ``timeout_ms`` (less when the ring fills), drain it, return the records."""
-        lib = self._lib
-        if lib.ring_buffer__poll(self._rb, timeout_ms) >= 0:
-            lib.ring_buffer__consume(self._rb)
-        return self._take()
+        assert self._ring is not None
+        self._ring.wait(timeout_ms)
+        return self._ring.take()
 
     def drain(self) -> np.ndarray:
-        self._lib.ring_buffer__consume(self._rb)
-        return self._take()
-
-    def _take(self) -> np.ndarray:
-        assert self.event_dtype is not None
-        if not self._chunks:
-            return np.empty(0, dtype=self.event_dtype)
-        raw = b"".join(self._chunks)
-        self._chunks.clear()
-        return np.frombuffer(raw, dtype=self.event_dtype)
+        assert self._ring is not None
+        return self._ring.take()
 
     def lost(self) -> dict[str, int]:
         """Events the kernel could not write, per probe point name (summed over CPUs)."""
