@@ -101,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
             f"kernel {platform.release()}, BTF {Path('/sys/kernel/btf/vmlinux').exists()}, "
             f"euid {os.geteuid()}"
         )
-        print(f"{'probe point':<18} {'mechanism':<10} target / why others were rejected")
+        print(f"{'probe point':<18} {'mechanism':<12} target / why others were rejected")
         for r in rows:
             mech = r["mechanism"] or "NONE"
-            print(f"{r['point']:<18} {mech:<10} {r['target'] or ''}")
+            print(f"{r['point']:<18} {mech:<12} {r['target'] or ''}")
             for rej in r["rejected"]:
-                print(f"{'':<18} {'':<10} not {rej['mechanism']}: {rej['error']}")
+                print(f"{'':<18} {'':<12} not {rej['mechanism']}: {rej['error']}")
         if allskb["possible"]:
             print(
                 f"--probes all-skb: possible, via {allskb['mechanism']} on "
