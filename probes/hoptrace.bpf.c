@@ -39,6 +39,7 @@ struct {
 	enum ht_hdr_kind hdr_kind;
 	enum ht_event_flags flags;
 	enum ht_field field;
+	enum ht_nf_verdict verdict;
 } ht_btf_anchor = {};
 
 /* Next track id; shared by all CPUs (atomic add). */
@@ -384,6 +385,29 @@ __noinline int ht_filter(struct scratch *s)
 
 /* ---- the common handler -------------------------------------------------------------------- */
 
+/*
+ * The last netfilter decision other than ACCEPT that a table probe saw for a tracked packet, per
+ * CPU (ipt_do_table / ip6t_do_table / nft_do_chain, below). The table event carries it, and so
+ * does the kfree_skb that follows on the same CPU for the same skb (nf_hook_slow frees a dropped
+ * packet right after the table returns NF_DROP): the drop event names its table and chain.
+ */
+struct nf_decision {
+	__u64 skb;
+	__s16 verdict;
+	__u8 hook;
+	__u8 pf;
+	__u32 pad;
+	char table[HT_NF_TABLE_LEN];
+	char chain[HT_NF_CHAIN_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nf_decision);
+} nf_decisions SEC(".maps");
+
 struct hook_info {
 	__u16 probe;
 	__u8 nf_hook;
@@ -393,6 +417,8 @@ struct hook_info {
 	struct net_device *dev; /* overrides skb->dev when set (netfilter in/out) */
 	struct net *net;        /* netns when known from the hook state */
 	__u32 func;             /* --probes all-skb: the function's index (attach cookie) */
+	struct nf_decision *nfv; /* a table probe's decision (verdict, table, chain) */
+	__u8 accepted;          /* the kernel returned NF_ACCEPT for the whole hook (nf_hook_slow) */
 };
 
 /*
@@ -484,7 +510,7 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi, con
 	tr = bpf_map_lookup_elem(&tracks, &key);
 	/* Points that only follow packets already matched elsewhere: return before any copy or
 	 * parse (consumed packets; leaving a netfilter hook). */
-	if (!tr && (hi->probe == HT_PROBE_CONSUME_SKB || hi->probe == HT_PROBE_NF_LAST))
+	if (!tr && (hi->probe == HT_PROBE_CONSUME_SKB || hi->probe == HT_PROBE_NF_LAST || hi->nfv))
 		return 0;
 
 	dev = hi->dev ? hi->dev : RD(direct, skb->dev, skb, dev);
@@ -502,6 +528,28 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi, con
 	e->func = hi->func;
 	e->nf_table[0] = 0;
 	e->nf_chain[0] = 0;
+	{
+		struct nf_decision *d = hi->nfv;
+
+		if (!d && tr && hi->probe == HT_PROBE_KFREE_SKB) {
+			d = bpf_map_lookup_elem(&nf_decisions, &zero);
+			if (d && d->skb != key)
+				d = NULL;
+		}
+		if (d) {
+			e->verdict = d->verdict;
+			__builtin_memcpy(e->nf_table, d->table, HT_NF_TABLE_LEN);
+			__builtin_memcpy(e->nf_chain, d->chain, HT_NF_CHAIN_LEN);
+			if (!hi->nfv) {
+				/* the drop this decision announced: name its hook on the drop event */
+				hi->nf_hook = d->hook;
+				hi->nf_pf = d->pf;
+				d->skb = 0;
+			}
+		} else if (hi->accepted) {
+			e->verdict = HT_NF_ACCEPT;
+		}
+	}
 
 	/* headers: from the MAC header when it is set and Ethernet-sized, else the network header */
 	mh = RD(direct, skb->mac_header, skb, mac_header);
@@ -686,6 +734,7 @@ static __always_inline int nfs_handle(struct sk_buff *skb, struct nf_hook_state 
 	hi.nf_prio = probe == HT_PROBE_NF_FIRST ? -0x7fffffff : 0x7ffffffe;
 	hi.net = RD(direct, st->net, st, net);
 	hi.dev = hook >= 3 ? RD(direct, st->out, st, out) : RD(direct, st->in, st, in);
+	hi.accepted = probe == HT_PROBE_NF_LAST; /* only ever called for a return of 1 */
 	return handle(skb, &hi, direct);
 }
 
@@ -708,6 +757,259 @@ SEC("kprobe/nf_hook_slow")
 int BPF_KPROBE(kp_nf_hook_slow, struct sk_buff *skb, struct nf_hook_state *state)
 {
 	return nfs_handle(skb, state, HT_PROBE_NF_FIRST, false);
+}
+
+/* ---- kretprobe fallback: arguments saved at entry, per CPU --------------------------------
+ * A kretprobe sees only the return value. Its companion kprobe (kpe_<fn>) pushes the arguments
+ * on a small per-CPU stack and the kretprobe (kr_<fn>) pops them: netfilter runs nested on one
+ * CPU (a softirq's hook inside a process's LOCAL_OUT; nft_do_chain inside nf_hook_slow), which a
+ * stack follows and a map keyed by task would not. A frame that does not match (a missed
+ * return, a task that migrated between entry and return) empties the stack: that call is lost,
+ * never misattributed. */
+#define HT_ARGSTACK_DEPTH 8
+
+struct arg_frame {
+	__u64 fn; /* the probe id of the function, to check pops */
+	__u64 a[3];
+};
+
+struct arg_stack {
+	__u32 depth;
+	__u32 pad;
+	struct arg_frame f[HT_ARGSTACK_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct arg_stack);
+} arg_stacks SEC(".maps");
+
+static __always_inline void args_push(__u64 fn, __u64 a0, __u64 a1, __u64 a2)
+{
+	__u32 zero = 0;
+	struct arg_stack *st = bpf_map_lookup_elem(&arg_stacks, &zero);
+	__u32 d;
+
+	if (!st)
+		return;
+	d = st->depth;
+	if (d >= HT_ARGSTACK_DEPTH) {
+		st->depth = 0; /* unbalanced: start over */
+		return;
+	}
+	st->f[d].fn = fn;
+	st->f[d].a[0] = a0;
+	st->f[d].a[1] = a1;
+	st->f[d].a[2] = a2;
+	st->depth = d + 1;
+}
+
+static __always_inline bool args_pop(__u64 fn, __u64 *a)
+{
+	__u32 zero = 0;
+	struct arg_stack *st = bpf_map_lookup_elem(&arg_stacks, &zero);
+	__u32 d;
+
+	if (!st)
+		return false;
+	d = st->depth;
+	if (d == 0 || d > HT_ARGSTACK_DEPTH)
+		return false;
+	d -= 1;
+	if (st->f[d].fn != fn) {
+		st->depth = 0;
+		return false;
+	}
+	a[0] = st->f[d].a[0];
+	a[1] = st->f[d].a[1];
+	a[2] = st->f[d].a[2];
+	st->depth = d;
+	return true;
+}
+
+SEC("kprobe/nf_hook_slow")
+int BPF_KPROBE(kpe_nf_hook_slow, struct sk_buff *skb, struct nf_hook_state *state)
+{
+	args_push(HT_PROBE_NF_LAST, (__u64)skb, (__u64)state, 0);
+	return 0;
+}
+
+SEC("kretprobe/nf_hook_slow")
+int BPF_KRETPROBE(kr_nf_hook_slow, int ret)
+{
+	__u64 a[3];
+
+	if (!args_pop(HT_PROBE_NF_LAST, a) || ret != 1)
+		return 0;
+	return nfs_handle((struct sk_buff *)a[0], (struct nf_hook_state *)a[1], HT_PROBE_NF_LAST,
+			  false);
+}
+
+/* ---- the table and chain that decided ------------------------------------------------------
+ * unsigned int ipt_do_table(void *priv, struct sk_buff *skb, const struct nf_hook_state *state)
+ *   (6.1+; ip6t_do_table the same): priv is the struct xt_table; x_tables handles jumps to
+ *   user chains inside, so the chain recorded is the built-in chain of the hook.
+ * unsigned int nft_do_chain(struct nft_pktinfo *pkt, void *priv)
+ *   priv is the base chain (struct nft_chain); jumps and gotos run inside too (a jump stack, no
+ *   call): again the base chain. The verdict is the base chain's, after its policy.
+ * Only for tracked packets, and only verdicts other than ACCEPT (nf_hook_last says that for the
+ * whole hook) and STOLEN (the skb may be gone): in practice DROP and QUEUE. At return the
+ * packet still exists: nf_hook_slow frees a dropped one after the table returns. */
+#define NF_VERDICT_MASK 0xff
+#define NF_STOLEN 2
+
+static __always_inline bool nf_worth(__u32 ret, struct sk_buff *skb)
+{
+	__u32 v = ret & NF_VERDICT_MASK;
+	__u64 key = (__u64)skb;
+
+	if (v == NF_ACCEPT || v == NF_STOLEN || !skb)
+		return false;
+	return bpf_map_lookup_elem(&tracks, &key) != NULL;
+}
+
+static __always_inline struct nf_decision *nf_decision_new(struct sk_buff *skb, __u32 ret)
+{
+	__u32 zero = 0;
+	struct nf_decision *d = bpf_map_lookup_elem(&nf_decisions, &zero);
+
+	if (!d)
+		return NULL;
+	d->skb = (__u64)skb;
+	d->verdict = ret & NF_VERDICT_MASK;
+	d->table[0] = 0;
+	d->chain[0] = 0;
+	return d;
+}
+
+/* the built-in chain of an x_tables hook (iptables' names) */
+static __always_inline void xt_chain(char *dst, __u8 hook)
+{
+	switch (hook) {
+	case 0: __builtin_memcpy(dst, "PREROUTING", 11); break;
+	case 1: __builtin_memcpy(dst, "INPUT", 6); break;
+	case 2: __builtin_memcpy(dst, "FORWARD", 8); break;
+	case 3: __builtin_memcpy(dst, "OUTPUT", 7); break;
+	case 4: __builtin_memcpy(dst, "POSTROUTING", 12); break;
+	default: dst[0] = 0;
+	}
+}
+
+static __always_inline int nf_decided(struct sk_buff *skb, const struct nf_hook_state *st,
+				      struct nf_decision *d, __u16 probe, bool xt, const bool direct)
+{
+	struct hook_info hi = { .probe = probe, .nfv = d };
+	__u8 pf = RD(direct, st->pf, st, pf);
+	__u8 hook = RD(direct, st->hook, st, hook);
+
+	if (pf != 2 /* NFPROTO_IPV4 */ && pf != 10 /* NFPROTO_IPV6 */)
+		return 0;
+	if (xt)
+		xt_chain(d->chain, hook);
+	d->hook = hook;
+	d->pf = pf;
+	hi.nf_hook = hook;
+	hi.nf_pf = pf;
+	hi.net = RD(direct, st->net, st, net);
+	hi.dev = hook >= 3 ? RD(direct, st->out, st, out) : RD(direct, st->in, st, in);
+	return handle(skb, &hi, direct);
+}
+
+static __always_inline int xt_decided(void *priv, struct sk_buff *skb,
+				      const struct nf_hook_state *st, __u32 ret, __u16 probe,
+				      const bool direct)
+{
+	struct xt_table *t = priv;
+	struct nf_decision *d;
+
+	if (!nf_worth(ret, skb))
+		return 0;
+	d = nf_decision_new(skb, ret);
+	if (!d)
+		return 0;
+	BPF_CORE_READ_STR_INTO(&d->table, t, name);
+	return nf_decided(skb, st, d, probe, true, direct);
+}
+
+static __always_inline int nft_decided(struct nft_pktinfo *pkt, void *priv, __u32 ret,
+				       const bool direct)
+{
+	struct nft_chain *c = priv;
+	struct sk_buff *skb = RD(direct, pkt->skb, pkt, skb);
+	const struct nf_hook_state *st = RD(direct, pkt->state, pkt, state);
+	struct nf_decision *d;
+	const char *name;
+
+	if (!nf_worth(ret, skb))
+		return 0;
+	d = nf_decision_new(skb, ret);
+	if (!d)
+		return 0;
+	name = BPF_CORE_READ(c, table, name);
+	bpf_probe_read_kernel_str(d->table, sizeof(d->table), name);
+	name = BPF_CORE_READ(c, name);
+	bpf_probe_read_kernel_str(d->chain, sizeof(d->chain), name);
+	return nf_decided(skb, st, d, HT_PROBE_NFT_DO_CHAIN, false, direct);
+}
+
+SEC("fexit/ipt_do_table")
+int BPF_PROG(fx_ipt_do_table, void *priv, struct sk_buff *skb, const struct nf_hook_state *state,
+	     unsigned int ret)
+{
+	return xt_decided(priv, skb, state, ret, HT_PROBE_IPT_DO_TABLE, true);
+}
+
+SEC("fexit/ip6t_do_table")
+int BPF_PROG(fx_ip6t_do_table, void *priv, struct sk_buff *skb, const struct nf_hook_state *state,
+	     unsigned int ret)
+{
+	return xt_decided(priv, skb, state, ret, HT_PROBE_IP6T_DO_TABLE, true);
+}
+
+SEC("fexit/nft_do_chain")
+int BPF_PROG(fx_nft_do_chain, struct nft_pktinfo *pkt, void *priv, unsigned int ret)
+{
+	return nft_decided(pkt, priv, ret, true);
+}
+
+/* kretprobe forms: kpe_<fn> saves the arguments, kr_<fn> decides */
+#define XT_KRETPROBES(name, probe_id)                                              \
+	SEC("kprobe/" #name)                                                       \
+	int BPF_KPROBE(kpe_##name, void *priv, struct sk_buff *skb, void *state)   \
+	{                                                                          \
+		args_push(probe_id, (__u64)priv, (__u64)skb, (__u64)state);        \
+		return 0;                                                          \
+	}                                                                          \
+	SEC("kretprobe/" #name)                                                    \
+	int BPF_KRETPROBE(kr_##name, unsigned int ret)                             \
+	{                                                                          \
+		__u64 a[3];                                                        \
+		if (!args_pop(probe_id, a))                                        \
+			return 0;                                                  \
+		return xt_decided((void *)a[0], (struct sk_buff *)a[1],            \
+				  (const struct nf_hook_state *)a[2], ret, probe_id, false); \
+	}
+
+XT_KRETPROBES(ipt_do_table, HT_PROBE_IPT_DO_TABLE)
+XT_KRETPROBES(ip6t_do_table, HT_PROBE_IP6T_DO_TABLE)
+
+SEC("kprobe/nft_do_chain")
+int BPF_KPROBE(kpe_nft_do_chain, void *pkt, void *priv)
+{
+	args_push(HT_PROBE_NFT_DO_CHAIN, (__u64)pkt, (__u64)priv, 0);
+	return 0;
+}
+
+SEC("kretprobe/nft_do_chain")
+int BPF_KRETPROBE(kr_nft_do_chain, unsigned int ret)
+{
+	__u64 a[3];
+
+	if (!args_pop(HT_PROBE_NFT_DO_CHAIN, a))
+		return 0;
+	return nft_decided((struct nft_pktinfo *)a[0], (void *)a[1], ret, false);
 }
 
 /* ---- function probes: fentry first, kprobe second (where the kernel allows them) ----------- */

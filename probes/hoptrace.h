@@ -38,7 +38,24 @@ enum ht_probe {
 	HT_PROBE_BR_FORWARD = 9,
 	HT_PROBE_BR_PASS_FRAME_UP = 10,
 	HT_PROBE_FUNC = 11,        /* --probes all-skb: any kernel function taking an skb (ht_event.func) */
-	HT_PROBE_MAX = 12,
+	HT_PROBE_IPT_DO_TABLE = 12,  /* an iptables (legacy, x_tables) IPv4 table returned a verdict */
+	HT_PROBE_IP6T_DO_TABLE = 13, /* an ip6tables (legacy) table returned a verdict */
+	HT_PROBE_NFT_DO_CHAIN = 14,  /* an nftables base chain (also iptables-nft) returned a verdict */
+	HT_PROBE_MAX = 15,
+};
+
+/*
+ * Netfilter verdicts as ht_event.verdict carries them (the kernel's NF_* codes from
+ * include/uapi/linux/netfilter.h, masked with NF_VERDICT_MASK; defines there, so not in the
+ * kernel's BTF: named here once, read by user space from this object's BTF).
+ */
+enum ht_nf_verdict {
+	HT_NF_DROP = 0,
+	HT_NF_ACCEPT = 1,
+	HT_NF_STOLEN = 2,
+	HT_NF_QUEUE = 3,
+	HT_NF_REPEAT = 4,
+	HT_NF_STOP = 5,
 };
 
 /* Where ht_event.hdr starts. */

@@ -72,7 +72,9 @@ def _try(kind: Mech, target: str) -> Verdict:
     link = None
     nf_fd = -1
     try:
-        name = f"caps_{kind.value}".replace(".", "_")
+        # a kretprobe is the kprobe program attached at the function's return
+        kind_name = Mech.KPROBE.value if kind == Mech.KRETPROBE else kind.value
+        name = f"caps_{kind_name}".replace(".", "_")
         prog = None
         p = lib.bpf_object__next_program(obj, None)
         while p:
@@ -96,8 +98,8 @@ def _try(kind: Mech, target: str) -> Verdict:
             except OSError as exc:
                 return Verdict(False, f"BPF_LINK_CREATE: {libbpf.errmsg(exc.errno or 0)}")
             return Verdict(True)
-        if kind == Mech.KPROBE:
-            link = lib.bpf_program__attach_kprobe(prog, False, target.encode())
+        if kind in (Mech.KPROBE, Mech.KRETPROBE):
+            link = lib.bpf_program__attach_kprobe(prog, kind == Mech.KRETPROBE, target.encode())
         elif kind == Mech.KPROBE_MULTI:
             try:
                 link = libbpf.attach_kprobe_multi(prog, [target], [0])

@@ -6,7 +6,8 @@ object's BTF by name); ``hoptrace doctor`` prints this table with what the runni
 docs/probes.md is checked against it by tests.
 
 Mechanisms, best first: ``fentry``/``fexit`` (BPF trampoline), ``kprobe.multi`` (one link, many
-functions), ``kprobe``, ``tp_btf`` (typed tracepoint), ``netfilter`` (BPF netfilter link, per
+functions), ``kprobe``, ``kretprobe`` (with a companion entry kprobe that saves the arguments,
+``Mechanism.entry``), ``tp_btf`` (typed tracepoint), ``netfilter`` (BPF netfilter link, per
 netns), and ``inferred`` (no probe: the point is reconstructed from neighbouring events; see
 tracer/hops.py).
 
@@ -27,6 +28,7 @@ class Mech(StrEnum):
     FEXIT = "fexit"
     KPROBE_MULTI = "kprobe.multi"
     KPROBE = "kprobe"
+    KRETPROBE = "kretprobe"
     TP_BTF = "tp_btf"
     NETFILTER = "netfilter"
     INFERRED = "inferred"
@@ -39,6 +41,7 @@ class Mechanism:
     target: str = ""  # kernel function or tracepoint
     how: str = ""  # for inferred: from which events
     check_at: str = ""  # the function capabilities.py tries, when target names more than one
+    entry: str = ""  # kretprobe: the kprobe program attached with it (saves the arguments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,14 @@ class ProbePoint:
     mechanisms: tuple[Mechanism, ...]
     doc: str
     opt_in: str = ""  # attached only with --probes <opt_in>; "" = the curated default set
+
+
+def _ret(fn: str) -> tuple[Mechanism, Mechanism]:
+    """fexit ``fx_<fn>`` then kretprobe ``kr_<fn>`` (with entry kprobe ``kpe_<fn>``)."""
+    return (
+        Mechanism(Mech.FEXIT, f"fx_{fn}", fn),
+        Mechanism(Mech.KRETPROBE, f"kr_{fn}", fn, entry=f"kpe_{fn}"),
+    )
 
 
 def _func(name: str, fn: str = "") -> tuple[Mechanism, Mechanism]:
@@ -113,10 +124,34 @@ CATALOGUE: tuple[ProbePoint, ...] = (
         "nf-out",
         True,
         (
-            Mechanism(Mech.FEXIT, "fx_nf_hook_slow", "nf_hook_slow"),
+            *_ret("nf_hook_slow"),  # return 1: verdict ACCEPT on the event
             Mechanism(Mech.NETFILTER, "nf_last", "IPv4+IPv6, 5 hooks, priority INT_MAX-1"),
         ),
         "a packet leaves a netfilter hook accepted (a first without a last: dropped inside)",
+    ),
+    ProbePoint(
+        "ipt_do_table",
+        "HT_PROBE_IPT_DO_TABLE",
+        "nf-table",
+        False,
+        _ret("ipt_do_table"),
+        "an iptables-legacy IPv4 table returned a verdict other than ACCEPT (table, chain)",
+    ),
+    ProbePoint(
+        "ip6t_do_table",
+        "HT_PROBE_IP6T_DO_TABLE",
+        "nf-table",
+        False,
+        _ret("ip6t_do_table"),
+        "an ip6tables-legacy table returned a verdict other than ACCEPT (table, chain)",
+    ),
+    ProbePoint(
+        "nft_do_chain",
+        "HT_PROBE_NFT_DO_CHAIN",
+        "nf-table",
+        False,
+        _ret("nft_do_chain"),
+        "an nftables base chain (iptables-nft too) returned a verdict other than ACCEPT",
     ),
     ProbePoint(
         "ip_rcv",
@@ -186,3 +221,7 @@ PROBE_SETS = ("curated", *sorted({p.opt_in for p in CATALOGUE if p.opt_in}))
 def points_of(probe_set: str = "curated") -> tuple[ProbePoint, ...]:
     """The points a run attaches: the curated set, plus the opt-in points of ``probe_set``."""
     return tuple(p for p in CATALOGUE if not p.opt_in or p.opt_in == probe_set)
+
+
+#: points whose events carry a netfilter table's decision (verdict, nf_table, nf_chain)
+NF_TABLE_POINTS = ("ipt_do_table", "ip6t_do_table", "nft_do_chain")
