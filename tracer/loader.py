@@ -159,7 +159,7 @@ class Probes:
         not a point's program at all). The new mechanism needs a program: a new pass."""
         for i, c in enumerate(self.choices):
             m = c.chosen
-            if m is None or m.program != program:
+            if m is None or program not in (m.program, m.entry):
                 continue
             if c.point.core or c.point.name in self.opts.explicit:
                 return False
@@ -225,7 +225,9 @@ class Probes:
     def _configure(self) -> None:
         lib, btf, opts = self._lib, self._btf, self.opts
         assert btf is not None
-        wanted = {c.chosen.program for c in self.choices if c.chosen and c.chosen.program}
+        # a kretprobe's entry kprobe (Mechanism.entry) is loaded and attached with it
+        wanted = {p for c in self.choices if c.chosen
+                  for p in (c.chosen.program, c.chosen.entry) if p}
         for c in self.choices:
             if c.chosen and c.point.opt_in == "all-skb":
                 # one program per skb argument position, and the free-path guard
@@ -308,12 +310,20 @@ class Probes:
                 continue
             if c.point.opt_in == "all-skb":
                 continue  # attached last, below: its attach time is measured on its own
-            libbpf.take_log()
-            link = lib.bpf_program__attach(self._program(mech.program))
-            if not link:
+            failed = ""
+            for prog in (mech.entry, mech.program):  # a kretprobe's entry kprobe first
+                if not prog:
+                    continue
+                libbpf.take_log()
+                link = lib.bpf_program__attach(self._program(prog))
+                if not link:
+                    failed = prog
+                    break
+                self._links.append(link)  # close() destroys them, also after a fallback
+            if failed:
                 err = ctypes.get_errno()
                 log = libbpf.take_log().strip()
-                if self._fall_back(mech.program, "attach", f"{libbpf.errmsg(err)}: {log}"):
+                if self._fall_back(failed, "attach", f"{libbpf.errmsg(err)}: {log}"):
                     nxt = next(x for x in self.choices if x.point == c.point).chosen
                     fallback = fallback or bool(nxt and nxt.program)
                     continue
@@ -321,7 +331,6 @@ class Probes:
                     f"attaching {mech.kind} {mech.target} for {c.point.name} failed "
                     f"({libbpf.errmsg(err)}): {log}"
                 )
-            self._links.append(link)
         if fallback:
             raise _Fallback()  # a next mechanism needs its program loaded: a new pass
         if nf_progs:
