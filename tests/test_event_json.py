@@ -12,7 +12,7 @@ import pytest
 
 from tracer.btf import kernel_enum
 from tracer.catalogue import CATALOGUE
-from tracer.event import FLAG_NAMES, HDR_KINDS, NF_PF, Namer
+from tracer.event import FLAG_NAMES, HDR_KINDS, NF_PF, Event, Namer, verdict_names
 from tracer.tracefile import read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,10 @@ def records_of(events: list, probe_ids: dict[str, int]) -> np.ndarray:  # type: 
         r["hdr"][: len(e.hdr)] = np.frombuffer(e.hdr, np.uint8)
         r["hdr"][len(e.hdr):] = 0xAA  # bytes past hdr_len are stale in the kernel's scratch
         r["ifname"] = e.ifname.encode() + b"\0junk"[: 16 - len(e.ifname)]
+        codes = {v: k for k, v in verdict_names().items()}
+        r["verdict"] = codes[e.verdict] if e.verdict else -1
+        r["nf_table"] = e.nf_table.encode() + b"\0junk"[: 16 - len(e.nf_table)]
+        r["nf_chain"] = e.nf_chain.encode() + b"\0junk"[: 32 - len(e.nf_chain)]
     return recs
 
 
@@ -79,3 +83,41 @@ def test_ndjson_writes_what_event_to_json_describes(probe_ids: dict[str, int]) -
         assert got == ev.to_json(), (got, ev.to_json())
         assert named == ev  # and the per-event path agrees with both
     assert namer.ndjson(recs[:0]) == ""
+
+
+def test_netfilter_decisions_are_written_only_where_set(probe_ids: dict[str, int]) -> None:
+    """A table event and the drop it announced carry verdict, nf_table and nf_chain (and the
+    drop names its hook); every other event writes none of the three keys, in both paths."""
+    trace = read_trace(TRACE)
+    events = trace.events
+    drop = next(i for i, e in enumerate(events) if e.probe == "kfree_skb")
+    nf = next(i for i, e in enumerate(events) if e.probe == "nf_hook_first")
+    assert verdict_names()[0] == "DROP" and verdict_names()[1] == "ACCEPT"
+    decided = {
+        nf: events[nf]._replace(probe="nft_do_chain", nf_prio=0, verdict="DROP",
+                                nf_table="filter", nf_chain="FORWARD"),
+        drop: events[drop]._replace(nf_hook="FORWARD", nf_pf="ipv4", verdict="DROP",
+                                    nf_table="t" * 15, nf_chain="K" * 31),
+    }
+    events = [decided.get(i, e) for i, e in enumerate(events)]
+    namer = Namer(trace.header["node"], probe_ids, {p.enum: p.name for p in CATALOGUE},
+                  netns={e.netns_ino: e.netns for e in events})
+    recs = records_of(events, probe_ids)
+    lines = namer.ndjson(recs).splitlines()
+    named = namer.events(recs)
+    for i, (line, ev) in enumerate(zip(lines, events, strict=True)):
+        got = json.loads(line)
+        assert got == ev.to_json() and named[i] == ev, (got, ev.to_json(), named[i])
+        assert ("verdict" in got) == (i in decided), got
+    assert json.loads(lines[drop])["nf_chain"] == "K" * 31
+    assert json.loads(lines[drop])["nf_table"] == "t" * 15  # the kernel keeps 15 + NUL
+
+
+def test_event_defaults_keep_old_trace_files_readable() -> None:
+    from tracer.event import event_from_json
+
+    ev = read_trace(TRACE).events[0]
+    d = ev.to_json()
+    assert not {"verdict", "nf_table", "nf_chain"} & set(d)
+    assert event_from_json(d) == ev and ev.verdict == ev.nf_table == ev.nf_chain == ""
+    assert Event._fields[-3:] == ("verdict", "nf_table", "nf_chain")

@@ -66,8 +66,15 @@ class Chain:
             return "in flight"
         if self.dropped:
             ev = self.last.event
-            return f"dropped: {ev.drop_reason} in {ev.netns}"
+            where = f" in {decision_text(ev.nf_table, ev.nf_chain, ev.verdict)}" if ev.nf_table else ""
+            return f"dropped{where}: {ev.drop_reason} in {ev.netns}"
         return "freed"
+
+
+def decision_text(table: str, chain: str, verdict: str) -> str:
+    """``filter/FORWARD, verdict DROP``: a netfilter decision as trace and report show it."""
+    place = "/".join(x for x in (table, chain) if x) or "?"
+    return f"{place}, verdict {verdict}"
 
 
 def decode_event(ev: Event, ports: PortMap = DEFAULT_PORTS) -> Decoded | None:
@@ -132,6 +139,10 @@ class ChainBuilder:
             hook = _open_hook(chain)
             if hook:
                 change += f" inside nf:{hook}"
+            if ev.nf_table:
+                change += ": " + decision_text(ev.nf_table, ev.nf_chain, ev.verdict)
+        elif hop.kind == HopKind.NETFILTER_VERDICT:
+            change = decision_text(ev.nf_table, ev.nf_chain, ev.verdict)
         t0 = chain.steps[0].event.ts_ns if chain.steps else ev.ts_ns
         dt = ev.ts_ns - prev.event.ts_ns if prev else 0
         chain.steps.append(
@@ -192,7 +203,8 @@ def render(chain: Chain, verbose: bool = False) -> str:
         note = s.change
         if s.hop.inferred:
             note = (note + " " if note else "") + f"({s.hop.inferred}, inferred)"
-        elif s.hop.kind not in (HopKind.NETFILTER, HopKind.DROP, HopKind.FREED):
+        elif s.hop.kind not in (HopKind.NETFILTER, HopKind.NETFILTER_VERDICT, HopKind.DROP,
+                                HopKind.FREED):
             note = (note + " " if note else "") + f"({s.hop.kind})"
         line = (
             f"{s.offset_ns / 1000:>9.1f}us {ev.netns[:12]:<12} {ev.ifname[:12]:<12} "

@@ -45,7 +45,7 @@ import pandas as pd
 import pyarrow as pa
 
 from decoders import DEFAULT_PORTS, START_ETH, START_IP, Decoded, PortMap, decode
-from tracer.chains import DEVICE_POINTS, change_between
+from tracer.chains import DEVICE_POINTS, change_between, decision_text
 from tracer.correlate_clock import ClockOffset, estimate
 from tracer.errors import UsageError
 from tracer.event import SCHEMA_VERSION, Event
@@ -85,11 +85,15 @@ EVENT_SCHEMA = pa.schema(
         ("flags", pa.list_(pa.string())),
         ("hdr_kind", pa.string()),
         ("hdr", pa.string()),
+        ("verdict", pa.string()),  # these three only where a probe saw a netfilter decision
+        ("nf_table", pa.string()),
+        ("nf_chain", pa.string()),
         ("count", pa.int64()),  # of "lost" lines
     ]
 )
 _CATEGORIES = ("node", "netns", "ifname", "probe", "nf_hook", "nf_pf", "drop_reason",
-               "hdr_kind", "flags", "hdr")
+               "hdr_kind", "flags", "hdr", "verdict", "nf_table", "nf_chain")
+_TEXT = ("nf_hook", "nf_pf", "drop_reason", "ifname", "netns", "verdict", "nf_table", "nf_chain")
 
 
 def is_benign(reason: str, proto: int, icmp_type: int) -> bool:
@@ -177,7 +181,7 @@ def _frame(table: pa.Table) -> pd.DataFrame:
     for c in _CATEGORIES:
         if c in df and not isinstance(df[c].dtype, pd.CategoricalDtype):
             df[c] = df[c].astype("category")
-    for c in ("nf_hook", "nf_pf", "drop_reason", "flags", "hdr", "hdr_kind", "ifname", "netns"):
+    for c in (*_TEXT, "flags", "hdr", "hdr_kind"):
         if df[c].isna().any():
             df[c] = df[c].cat.add_categories([""]) if "" not in df[c].cat.categories else df[c]
             df[c] = df[c].fillna("")
@@ -470,6 +474,18 @@ class _Correlator:
                    + ev.loc[is_drop, "drop_reason"].astype(str) + ")").to_numpy(object)
             txt = np.where(inside[is_drop] != "", txt + " inside nf:" + inside[is_drop], txt)
             change[is_drop] = txt
+        # netfilter decisions of a table: on table events, and on the drop a table announced
+        # (nf_hook_last's ACCEPT names no table and needs no text)
+        verdict = str_values(ev["verdict"])
+        table = str_values(ev["nf_table"])
+        decided = (verdict != "") & (table != "")
+        if decided.any():
+            chain = str_values(ev["nf_chain"])
+            texts = np.array([decision_text(t, c, v) for t, c, v in
+                              zip(table[decided], chain[decided], verdict[decided], strict=True)],
+                             object)
+            on_drop = is_drop[decided]
+            change[decided] = np.where(on_drop, change[decided] + ": " + texts, texts)
         ev["change"] = pd.Categorical(change)
         c_type = c["icmp_type"][np.maximum(self.d, 0)]
         reason = str_values(ev["drop_reason"])
@@ -628,6 +644,7 @@ class _Correlator:
         h = ev.loc[ev["in_path"], ["packet", "segment", "node", "netns", "ifname", "probe",
                                    "hop", "label", "inferred", "change", "nat", "ts_ns", "t_ns",
                                    "drop_reason", "drop_hook", "is_drop", "is_free", "benign",
+                                   "verdict", "nf_table", "nf_chain",
                                    "len", "src", "dst", "proto", "dec"]].copy()
         h["depth"] = depth[h["segment"].to_numpy()]
         h = h.sort_values(["packet", "depth", "ts_ns"], kind="stable").reset_index(
@@ -705,6 +722,10 @@ class _Correlator:
             "drop_node": np.where(ended, str_values(last["node"]), ""),
             "drop_netns": np.where(ended, str_values(last["netns"]), ""),
             "drop_hook": np.where(ended, str_values(last["drop_hook"]), ""),
+            # the table and base chain that decided, when a table probe saw it (else "")
+            "drop_table": np.where(ended, str_values(last["nf_table"]), ""),
+            "drop_chain": np.where(ended, str_values(last["nf_chain"]), ""),
+            "drop_verdict": np.where(ended, str_values(last["verdict"]), ""),
             "e2e_ns": end_off.to_numpy(),
             "clamped": g["clamped"].any().to_numpy(),
         })
@@ -865,9 +886,9 @@ def _event_at(ev: pd.DataFrame, cols: list[str], r: int) -> Event:
         elif isinstance(v, (np.integer,)):
             v = int(v)
         elif v is None or (isinstance(v, float) and np.isnan(v)):
-            v = 0 if c not in ("nf_hook", "nf_pf", "drop_reason", "ifname", "netns") else ""
+            v = 0 if c not in _TEXT else ""
         vals.append(v)
-    return Event(*vals)
+    return Event(**dict(zip(cols, vals, strict=True)))  # columns a file lacks: the defaults
 
 
 # ----------------------------------------------------------------------------- result

@@ -9,6 +9,7 @@ A trace file is JSON lines: one ``header`` object, then ``event`` and ``lost`` o
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -23,6 +24,32 @@ HDR_KINDS = {0: "none", 1: "eth", 2: "ip"}
 NF_PF = {2: "ipv4", 10: "ipv6"}
 FLAG_NAMES = {1: "new_track", 2: "reused_skb", 4: "parsed", 8: "fragment"}
 NEW_TRACK = 1  # the flag of a track's first event
+VERDICT_NONE = -1  # ht_event.verdict when no probe saw a verdict (HT_VERDICT_NONE)
+#: Event fields written only when set (a netfilter decision: see docs/event-schema.md)
+NF_DECISION_FIELDS = ("verdict", "nf_table", "nf_chain")
+
+
+@functools.cache
+def verdict_names() -> dict[int, str]:
+    """Netfilter verdict codes -> names (DROP, ACCEPT, ...), from ``enum ht_nf_verdict`` in the
+    built object's BTF (probes/hoptrace.h); empty when the object is not built."""
+    import probes
+    from tracer.btf import Btf
+
+    path = probes.object_path("hoptrace")
+    if not path.exists():
+        return {}
+    btf = Btf.from_file(path)
+    try:
+        return {v: k.removeprefix("HT_NF_") for k, v in btf.enum("ht_nf_verdict").items()}
+    except KeyError:
+        return {}
+    finally:
+        btf.close()
+
+
+def verdict_name(code: int) -> str:
+    return "" if code == VERDICT_NONE else verdict_names().get(code, str(code))
 
 
 class Event(NamedTuple):
@@ -52,12 +79,19 @@ class Event(NamedTuple):
     hdr_kind: str  # eth / ip / none
     hdr: bytes
     func: str = ""  # --probes all-skb: the kernel function (probe "func"); "" otherwise
+    # a netfilter decision (table probes, and the drop that follows one; nf_hook_last: ACCEPT)
+    verdict: str = ""  # "" / DROP / ACCEPT / QUEUE / ... (enum ht_nf_verdict)
+    nf_table: str = ""  # the table that decided: filter, nat, or an nft table's name
+    nf_chain: str = ""  # its base chain: FORWARD (iptables), an nft base chain's name
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": "event", **self._asdict()}
         d["hdr"] = self.hdr.hex()
         d["flags"] = list(self.flags)
         d["skb"] = f"{self.skb:#x}"
+        if not self.verdict:  # written only when a probe saw a decision
+            for k in NF_DECISION_FIELDS:
+                del d[k]
         return d
 
 
@@ -128,9 +162,11 @@ class Namer:
         hooks = kernel_enum("nf_inet_hooks")
         self._hooks = {k: v.removeprefix("NF_INET_") for k, v in hooks.items()}
         self._drop_code = probe_ids.get("HT_PROBE_KFREE_SKB", -1)
+        # points whose events name a netfilter hook (hook entry/exit, and the table probes)
         self._nf_codes = {
-            probe_ids.get("HT_PROBE_NF_FIRST", -1),
-            probe_ids.get("HT_PROBE_NF_LAST", -1),
+            probe_ids.get(e, -1)
+            for e in ("HT_PROBE_NF_FIRST", "HT_PROBE_NF_LAST", "HT_PROBE_IPT_DO_TABLE",
+                      "HT_PROBE_IP6T_DO_TABLE", "HT_PROBE_NFT_DO_CHAIN")
         }
         self._given = dict(netns or {})
         self._netns: dict[int, str] = {}
@@ -169,8 +205,12 @@ class Namer:
         if n == 0:
             return ""
         probe = recs["probe"]
-        is_nf = np.isin(probe, list(self._nf_codes))
         is_drop = probe == self._drop_code
+        verdict = recs["verdict"].astype(np.int64)
+        decided = verdict != VERDICT_NONE
+        # a drop that a table announced names its hook too (docs/event-schema.md)
+        is_nf = np.isin(probe, list(self._nf_codes)) | (is_drop & decided)
+        nf_prio_set = np.isin(probe, list(self._nf_codes))
         none = 0xFFFF  # a code no hook, family or reason has
         flag_bits = np.array(list(FLAG_NAMES), dtype=np.uint8)
         has_flag = (recs["flags"][:, None] & flag_bits[None, :]) != 0
@@ -205,7 +245,7 @@ class Namer:
                               lambda c: "" if c == none else self._hooks.get(c, str(c))),
             "nf_pf": _names(np.where(is_nf, recs["nf_pf"].astype(np.int64), none),
                             lambda c: "" if c == none else NF_PF.get(c, str(c))),
-            "nf_prio": np.where(is_nf, recs["nf_prio"], 0),
+            "nf_prio": np.where(nf_prio_set, recs["nf_prio"], 0),
             "drop_reason": _names(np.where(is_drop, drop_code, -1),
                                   lambda c: "" if c < 0 else drop_reason_name(c)),
             "drop_reason_code": drop_code,
@@ -216,10 +256,23 @@ class Namer:
             "hdr": _hex_rows(recs["hdr"]),
             "func": _names(recs["func"], self.func_name),
         }
-        assert list(cols)[1:] == list(Event._fields)  # one schema: the Event's fields, in order
+        assert list(cols)[1:] + list(NF_DECISION_FIELDS) == list(Event._fields)  # one schema
         hex_len = pl.Series(np.minimum(recs["hdr_len"], recs["hdr"].shape[1]).astype(np.int64) * 2)
-        df = pl.from_arrow(pa.table(cols))
-        return df.with_columns(pl.col("hdr").str.slice(0, hex_len)).write_ndjson()
+        df = pl.from_arrow(pa.table(cols)).with_columns(pl.col("hdr").str.slice(0, hex_len))
+        if not decided.any():
+            return df.write_ndjson()
+        # rows with a decision (rare: drops and their table events) carry three more keys;
+        # written apart and put back in place, so the common rows stay one columnar write
+        rows = np.flatnonzero(decided)
+        extra = df[rows].with_columns(
+            pl.Series("verdict", [verdict_name(int(v)) for v in verdict[rows]], pl.String),
+            pl.Series("nf_table", _cstrings(recs["nf_table"][rows]), pl.String),
+            pl.Series("nf_chain", _cstrings(recs["nf_chain"][rows]), pl.String),
+        )
+        lines = df.write_ndjson().splitlines()
+        for i, line in zip(rows.tolist(), extra.write_ndjson().splitlines(), strict=True):
+            lines[i] = line
+        return "\n".join(lines) + "\n"
 
     def func_name(self, code: int) -> str:
         """``ht_event.func`` -> the kernel function's name ("" for 0, the curated probes)."""
@@ -231,6 +284,8 @@ class Namer:
             return []
         col = {name: recs[name].tolist() for name in _INT_COLUMNS}
         ifnames = recs["ifname"].tolist()
+        tables = recs["nf_table"].tolist()
+        chains = recs["nf_chain"].tolist()
         hdr = recs["hdr"]
         hdrs = hdr.tobytes()
         width = hdr.shape[1]
@@ -252,6 +307,13 @@ class Namer:
             if fl is None:
                 fl = flag_cache[flags] = tuple(n for bit, n in FLAG_NAMES.items() if flags & bit)
             code = col["drop_reason"][i] if is_drop else 0
+            vcode = col["verdict"][i]
+            if vcode != VERDICT_NONE:
+                decision = (verdict_name(vcode), _cstring(tables[i]), _cstring(chains[i]))
+                named_hook = is_nf or is_drop
+            else:
+                decision = ("", "", "")
+                named_hook = is_nf
             ns = col["netns"][i]
             base = i * width
             # positional tuple.__new__: the NamedTuple keyword constructor costs 3x more
@@ -272,8 +334,8 @@ class Namer:
                         col["len"][i],
                         col["mark"][i],
                         col["protocol"][i],
-                        hooks.get(col["nf_hook"][i], str(col["nf_hook"][i])) if is_nf else "",
-                        NF_PF.get(col["nf_pf"][i], str(col["nf_pf"][i])) if is_nf else "",
+                        hooks.get(col["nf_hook"][i], str(col["nf_hook"][i])) if named_hook else "",
+                        NF_PF.get(col["nf_pf"][i], str(col["nf_pf"][i])) if named_hook else "",
                         col["nf_prio"][i] if is_nf else 0,
                         drop_reason_name(code) if is_drop else "",
                         code,
@@ -282,6 +344,7 @@ class Namer:
                         HDR_KINDS.get(col["hdr_kind"][i], "none"),
                         hdrs[base : base + col["hdr_len"][i]],
                         func_name(col["func"][i]) if col["func"][i] else "",
+                        *decision,
                     ),
                 )
             )
@@ -308,4 +371,13 @@ _INT_COLUMNS = (
     "flags",
     "hdr_len",
     "func",
+    "verdict",
 )
+
+
+def _cstring(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _cstrings(mat: np.ndarray) -> list[str]:
+    return [_cstring(b) for b in mat.tolist()]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from decoders import Decoded
+from tracer.catalogue import NF_TABLE_POINTS
 from tracer.event import Event
 from tracer.names import Topology
 
@@ -30,6 +31,7 @@ class HopKind(StrEnum):
     IP_RCV = "ip_rcv"  # the IPv4 stack receives the packet
     NETFILTER = "netfilter"  # a netfilter hook (PRE_ROUTING, LOCAL_IN, FORWARD, ...)
     NETFILTER_OUT = "netfilter accept"  # the packet left a hook accepted (last priority)
+    NETFILTER_VERDICT = "netfilter verdict"  # a table/base chain decided (DROP, QUEUE, ...)
     ENCAP = "encap"  # a tunnel device (VXLAN, Geneve, ...) takes the packet in to encapsulate
     DECAP = "decap"  # a tunnel device hands up the decapsulated packet
     UNDERLAY_TX = "underlay tx"  # the packet leaves the node on its underlay (tunnelled or routed)
@@ -68,6 +70,9 @@ def classify(ev: Event, topo: Topology, dec: Decoded | None, prev: Event | None)
         return Hop(HopKind.FREED, "freed")
     if ev.probe == "func":
         return Hop(HopKind.FUNCTION, ev.func or "function")
+    if ev.probe in NF_TABLE_POINTS:  # ipt_do_table, nft_do_chain, ...: event.nf_table/nf_chain
+        v6 = "6" if ev.nf_pf == "ipv6" else ""
+        return Hop(HopKind.NETFILTER_VERDICT, f"nf{v6}:{NF_SHORT.get(ev.nf_hook, ev.nf_hook)}")
     if ev.probe in ("nf_hook_first", "nf_hook_last"):
         hook = NF_SHORT.get(ev.nf_hook, ev.nf_hook)
         v6 = "6" if ev.nf_pf == "ipv6" else ""
