@@ -48,8 +48,9 @@ if [ -n "$PROBES_FROM" ]; then
   cp "$HOST/$PROBES_FROM"/*.bpf.o "$W/src/probes/" || exit 3
 fi
 cd "$W/src"
-# What a Kubernetes node loads at boot (kubeadm's prerequisites); the rest autoloads.
-for m in br_netfilter veth vxlan bridge; do modprobe "$m" || echo "modprobe $m failed"; done
+# What a Kubernetes node loads at boot (kubeadm's prerequisites, and the tables kube-proxy
+# uses: the table probes attach to ipt_do_table/nft_do_chain only while loaded); the rest autoloads.
+for m in br_netfilter veth vxlan bridge ip_tables ip6_tables nf_tables; do modprobe "$m" || echo "modprobe $m failed"; done
 stamp setup
 
 # one process for both forms: the capability checks are cached per process (~7 s start-up here)

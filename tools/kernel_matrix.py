@@ -45,8 +45,9 @@ MATRIX = {
     "6.12": "linux-image-6.12-amd64",  # bookworm-security
     "7.3": "trixie-backports/linux-image-amd64",
 }
-# Debian packages the guest tests need beyond run.sh's base set (iptables: the FORWARD DROP test)
-GUEST_APT = "iptables"
+# Debian packages the guest tests need beyond run.sh's base set (iptables, nftables: the FORWARD
+# DROP tests)
+GUEST_APT = "iptables nftables"
 # Python packages for the guest: pyproject's runtime dependencies and the pytest plugins the
 # kernel tests use, with everything they require, at the venv's exact versions (the guest runs
 # what the host tests ran).
