@@ -239,3 +239,57 @@ def test_slow_netfilter_hook_is_named(tmp_path: Path, extra_ns: int, slow: bool)
     assert "PRE_ROUTING on flannel.1 in netns ht4dev-n2 (node n2)" in d["title"]
     assert "iptables-save | wc -l" in d["detail"] and "IPVS" in d["detail"]
     assert "on flannel.1" in d["evidence"][0] and "median 20" in d["evidence"][0]
+
+
+def with_decision(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Formatting only: the fwd drop as a kernel with table probes records it (a table event
+    just before the drop, and the drop naming its decision); the kernel facts of these fields
+    are tested against real kernels in tests/guest/test_nf_verdict.py."""
+    if rec["probe"] != "kfree_skb" or rec["drop_reason"] != "NETFILTER_DROP":
+        return [rec]
+    decision = {"nf_hook": "FORWARD", "nf_pf": "ipv4", "verdict": "DROP", "nf_table": "filter",
+                "nf_chain": "FORWARD"}
+    table = {**rec, **decision, "probe": "nft_do_chain", "ts_ns": rec["ts_ns"] - 1000,
+             "drop_reason": "", "drop_reason_code": 0}
+    return [table, {**rec, **decision}]
+
+
+def test_forward_drop_names_table_and_chain_when_the_kernel_tells(tmp_path: Path) -> None:
+    n1, n2 = files("fwd")
+    paths = [n1, rewrite(n2, tmp_path / "fwd-n2.jsonl", with_decision)]
+    tr = load(paths)
+    rep = build(tr)
+    assert rules(rep) == ["netfilter-drop"]
+    d = rep["diagnosis"][0]
+    assert "table filter, chain FORWARD" in d["title"] and "FORWARD hook" in d["title"]
+    assert "iptables -t filter -S FORWARD" in d["detail"] and "nft list chain ip filter FORWARD" \
+        in d["detail"]
+    assert "(filter/FORWARD, verdict DROP)" in d["evidence"][0]
+    drop = rep["drops"][0]
+    assert (drop["table"], drop["chain"], drop["verdict"]) == ("filter", "FORWARD", "DROP")
+    assert "inside nf:FORWARD (filter/FORWARD, verdict DROP)" in render(rep, "text")
+    assert "(filter/FORWARD, verdict DROP)" in render(rep, "html")
+    assert json.loads(render(rep, "json"))["drops"][0]["chain"] == "FORWARD"
+    p = tr.packets[tr.packets["fate"] == "dropped"]
+    assert set(p["drop_table"]) == {"filter"} and set(p["drop_chain"]) == {"FORWARD"}
+    h = tr.hops[tr.hops["probe"] == "nft_do_chain"]
+    assert set(h["hop"].astype(str)) == {"netfilter verdict"}
+    assert set(h["change"].astype(str)) == {"filter/FORWARD, verdict DROP"}
+    # without table probes the diagnosis says only the hook is known, and why
+    plain = report("fwd")
+    assert "table" not in plain["diagnosis"][0]["title"]
+    assert plain["drops"][0]["table"] == ""
+
+
+def test_chain_text_shows_the_decision(tmp_path: Path) -> None:
+    from tracer.chains import replay
+    from tracer.tracefile import read_trace
+
+    path = rewrite(files("fwd")[1], tmp_path / "fwd-n2.jsonl", with_decision)
+    chains = [c for c in replay(read_trace(path)) if c.dropped]
+    assert chains
+    for c in chains:
+        assert c.fate().startswith("dropped in filter/FORWARD, verdict DROP: NETFILTER_DROP")
+        assert c.last.change.endswith("inside nf:FORWARD: filter/FORWARD, verdict DROP")
+        verdict = [s for s in c.steps if s.event.probe == "nft_do_chain"]
+        assert [s.hop.label for s in verdict] == ["nf:FWD"]

@@ -66,7 +66,9 @@ class Chain:
             return "in flight"
         if self.dropped:
             ev = self.last.event
-            where = f" in {decision_text(ev.nf_table, ev.nf_chain, ev.verdict)}" if ev.nf_table else ""
+            where = ""
+            if ev.nf_table:  # a table probe saw the decision
+                where = f" in {decision_text(ev.nf_table, ev.nf_chain, ev.verdict)}"
             return f"dropped{where}: {ev.drop_reason} in {ev.netns}"
         return "freed"
 

@@ -258,7 +258,9 @@ class Namer:
         }
         assert list(cols)[1:] + list(NF_DECISION_FIELDS) == list(Event._fields)  # one schema
         hex_len = pl.Series(np.minimum(recs["hdr_len"], recs["hdr"].shape[1]).astype(np.int64) * 2)
-        df = pl.from_arrow(pa.table(cols)).with_columns(pl.col("hdr").str.slice(0, hex_len))
+        frame = pl.from_arrow(pa.table(cols))
+        assert isinstance(frame, pl.DataFrame)
+        df = frame.with_columns(pl.col("hdr").str.slice(0, hex_len))
         if not decided.any():
             return df.write_ndjson()
         # rows with a decision (rare: drops and their table events) carry three more keys;

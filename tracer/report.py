@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tracer import __version__
+from tracer.chains import decision_text
 from tracer.correlate import Traces, str_values
 from tracer.hops import HopKind
 from tracer.report_diagnose import diagnose
@@ -132,11 +133,14 @@ def _drops(tr: Traces) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             "after": (prev["label"].astype(str) + " " + prev["ifname"].astype(str)).to_numpy(),
             "reason": d["drop_reason"].astype(str).to_numpy(),
             "hook": d["drop_hook"].astype(str).to_numpy(),
+            # the table and base chain that decided, where a table probe saw it ("" else)
+            "table": d["nf_table"].astype(str).to_numpy(),
+            "chain": d["nf_chain"].astype(str).to_numpy(),
+            "verdict": d["verdict"].astype(str).to_numpy(),
             "flow": pk.loc[d["packet"], "flow"].to_numpy()})
-        for key, g in df.groupby(["node", "netns", "ifname", "after", "reason", "hook"],
-                                 sort=False):
-            out.append({**dict(zip(["node", "netns", "ifname", "after", "reason", "hook"], key,
-                                   strict=True)),
+        keys = ["node", "netns", "ifname", "after", "reason", "hook", "table", "chain", "verdict"]
+        for key, g in df.groupby(keys, sort=False):
+            out.append({**dict(zip(keys, key, strict=True)),
                         "packets": len(g), "flows": sorted({int(f) for f in g["flow"]})})
         out.sort(key=lambda r: -r["packets"])
     return real, benign
@@ -325,6 +329,8 @@ def render_text(rep: dict[str, Any], md: bool = False) -> str:
         L.append("none")
     for d in rep["drops"]:
         inside = f" inside nf:{d['hook']}" if d["hook"] else ""
+        if d.get("table"):
+            inside += f" ({decision_text(d['table'], d['chain'], d['verdict'])})"
         L.append(f"{'- ' if md else ''}{d['packets']} x {d['reason']}{inside} in {d['netns']} "
                  f"(node {d['node']}) after {d['after']}")
     if rep["benign_frees"]:

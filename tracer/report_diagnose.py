@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracer.chains import decision_text
 from tracer.correlate import Traces, str_values
 from tracer.hops import HopKind
 
@@ -76,8 +77,9 @@ def _finding(rule: str, title: str, detail: str, evidence: list[str], packets: i
 def netfilter_drops(tr: Traces, d: pd.DataFrame) -> list[Finding]:
     out = []
     nf = d[d["drop_reason"].astype(str) == "NETFILTER_DROP"]
-    for (node, netns, hook), g in nf.groupby(
-            [nf["node"].astype(str), nf["netns"].astype(str), nf["drop_hook"].astype(str)]):
+    text = ["node", "netns", "drop_hook", "nf_table", "nf_chain", "verdict"]
+    for (node, netns, hook, table, chain, verdict), g in nf.groupby(
+            [nf[c].astype(str) if c in nf else pd.Series("", index=nf.index) for c in text]):
         conn = _conntrack_like(tr, g, hook)
         if conn:
             out.append(conn)
@@ -85,17 +87,26 @@ def netfilter_drops(tr: Traces, d: pd.DataFrame) -> list[Finding]:
         where = f"the {hook} hook" if hook else "a netfilter hook"
         cmd = {"FORWARD": "FORWARD", "LOCAL_IN": "INPUT", "LOCAL_OUT": "OUTPUT",
                "PRE_ROUTING": "PREROUTING", "POST_ROUTING": "POSTROUTING"}.get(hook, "")
+        decided = f" ({decision_text(table, chain, verdict)})" if table else ""
         ev = [f"{len(g)} packet(s) of {', '.join(_flow_names(tr, g['flow']))} dropped with "
-              f"reason NETFILTER_DROP inside nf:{hook or '?'} on {g['prev_ifname'].iloc[0]} "
-              f"(netns {netns}, node {node})"]
+              f"reason NETFILTER_DROP inside nf:{hook or '?'}{decided} on "
+              f"{g['prev_ifname'].iloc[0]} (netns {netns}, node {node})"]
         ev += [f"packet: {s}" for s in g["summary"].head(3)]
-        out.append(_finding(
-            "netfilter-drop",
-            f"A netfilter rule drops packets in {where} of netns {netns} (node {node})",
-            "The kernel reports the hook, not the table or chain. List the rules that apply: "
-            f"ip netns exec {netns} iptables -S {cmd} ; iptables -t mangle -S {cmd} ; "
-            f"nft list ruleset (look for DROP/REJECT matching these packets).",
-            ev, len(g), g["flow"]))
+        if table:
+            title = (f"A netfilter rule in table {table}, chain {chain} drops packets in "
+                     f"{where} of netns {netns} (node {node})")
+            detail = (f"The kernel's table probe saw table {table}, base chain {chain} return "
+                      f"{verdict}: a rule in {chain} or in a chain it jumps to, or the chain's "
+                      f"policy. List it: ip netns exec {netns} iptables -t {table} -S {chain} "
+                      f"(iptables-legacy -t {table} -S {chain}), or nft list chain ip {table} "
+                      f"{chain} (ip6 or inet for other families).")
+        else:
+            title = f"A netfilter rule drops packets in {where} of netns {netns} (node {node})"
+            detail = ("No table probe saw the decision here (hoptrace doctor: ipt_do_table, "
+                      "nft_do_chain), so only the hook is known. List the rules that apply: "
+                      f"ip netns exec {netns} iptables -S {cmd} ; iptables -t mangle -S {cmd} ; "
+                      "nft list ruleset (look for DROP/REJECT matching these packets).")
+        out.append(_finding("netfilter-drop", title, detail, ev, len(g), g["flow"]))
     return out
 
 

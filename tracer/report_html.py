@@ -9,7 +9,13 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from tracer.chains import decision_text
 from tracer.report import MAX_FLOWS_SHOWN, _clock_text, us
+
+
+def _decided(d: dict[str, Any]) -> str:
+    """`` (filter/FORWARD, verdict DROP)`` when a table probe saw the decision, else ""."""
+    return f" ({decision_text(d['table'], d['chain'], d['verdict'])})" if d.get("table") else ""
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
@@ -156,7 +162,8 @@ def render_html(rep: dict[str, Any]) -> str:
                  "<th>node</th><th>after</th></tr>")
         for d in rep["drops"]:
             o.append(f"<tr><td class=n>{d['packets']}</td><td>{_e(d['reason'])}</td>"
-                     f"<td>{_e(d['hook'])}</td><td>{_e(d['netns'])}</td><td>{_e(d['node'])}"
+                     f"<td>{_e(d['hook'])}{_e(_decided(d))}</td><td>{_e(d['netns'])}</td>"
+                     f"<td>{_e(d['node'])}"
                      f"</td><td>{_e(d['after'])}</td></tr>")
         o.append("</table>")
     if rep["benign_frees"]:

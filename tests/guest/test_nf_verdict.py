@@ -132,8 +132,8 @@ def test_forward_drop_names_hook_table_chain_verdict(
 def test_kretprobe_fallback_names_the_decision_too(vxlan_lab: Lab) -> None:
     """Without fentry/fexit the kretprobe programs (arguments saved by an entry kprobe) give
     the same decision on the same drop."""
-    from tracer.chains import ChainBuilder
     from tracer.catalogue import CATALOGUE
+    from tracer.chains import ChainBuilder
     from tracer.event import Namer
     from tracer.filter import compile_filter
     from tracer.loader import ProbeOptions, Probes
@@ -144,15 +144,15 @@ def test_kretprobe_fallback_names_the_decision_too(vxlan_lab: Lab) -> None:
     probe, table, chain = add_drop(lab, "iptables")
     require(Mech.KRETPROBE, probe)
     allow = frozenset(Mech) - {Mech.FENTRY, Mech.FEXIT}
-    for c in choose_all(allow):
-        if c.point.core and c.chosen is None:
-            pytest.skip(f"without fentry/fexit, core probe {c.point.name} has no mechanism here")
+    for choice in choose_all(allow):
+        if choice.point.core and choice.chosen is None:
+            pytest.skip(f"without fentry/fexit, core probe {choice.point.name} has no mechanism")
     namespaces = resolve(",".join(lab.namespaces()))
     opts = ProbeOptions(filter=compile_filter(f"icmp and src host {a1} and dst host {b1}"),
                         netns=namespaces, netns_all=False, allow=allow)
     recs = []
     with Probes(opts) as probes:
-        chosen = {c.point.name: c.chosen.kind for c in probes.choices if c.chosen}
+        chosen = {ch.point.name: ch.chosen.kind for ch in probes.choices if ch.chosen}
         assert chosen[probe] == Mech.KRETPROBE and chosen["nf_hook_last"] == Mech.KRETPROBE, chosen
         assert probes.warnings == []
         ping_dropped(lab)
