@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.tracing import chains_of, hoptrace, require_kernel, tracing
-from tracer.chains import Chain
+from tracer.chains import Chain, render
 from tracer.hops import HopKind
 from tracer.lab import Lab
 
@@ -96,6 +96,8 @@ def test_ping_across_nodes_follows_every_hop(vxlan_lab: Lab, tmp_path: Path) -> 
     reply = chain_from(chains, b1, a1)
     assert reply.track != req.track
     assert (lab.netns("a1"), "eth0", HopKind.POD_RX) in hops(reply)
+    # delivered to the ping socket's clone: the original's NO_SOCKET free is not a drop
+    assert reply.complete and not reply.dropped and reply.fate() == "freed", render(reply)
     # the trace file is self-describing
     assert trace.header["filter"] == f"host {b1} and icmp"
     assert {p["point"] for p in trace.header["probes"]} >= {"netif_receive_skb", "kfree_skb"}

@@ -143,6 +143,8 @@ class ChainBuilder:
                 change += f" inside nf:{hook}"
             if ev.nf_table:
                 change += ": " + decision_text(ev.nf_table, ev.nf_chain, ev.verdict)
+        elif hop.kind == HopKind.FREED and ev.probe == "kfree_skb":
+            change = f"{ev.drop_reason}, not a drop (tracer.hops.is_benign)"
         elif hop.kind == HopKind.NETFILTER_VERDICT:
             change = decision_text(ev.nf_table, ev.nf_chain, ev.verdict)
         t0 = chain.steps[0].event.ts_ns if chain.steps else ev.ts_ns

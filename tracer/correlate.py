@@ -49,13 +49,11 @@ from tracer.chains import DEVICE_POINTS, change_between, decision_text
 from tracer.correlate_clock import ClockOffset, estimate
 from tracer.errors import UsageError
 from tracer.event import SCHEMA_VERSION, Event
-from tracer.hops import HopKind, classify
+from tracer.hops import BENIGN_REASONS, HopKind, classify, is_benign
 from tracer.names import Topology
 
 __all__ = ["Traces", "load", "from_frame", "BENIGN_REASONS", "is_benign", "str_values"]
 
-#: Drop reasons that are normal end-of-life, not failures (docs/report.md).
-BENIGN_REASONS = frozenset({"SKB_CONSUMED", "QUEUE_PURGE", "SOCKET_CLOSE"})
 _ICMP_REQ = {8, 13, 15, 17, 128}
 _ICMP_REPLY = {0, 14, 16, 18, 129}
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
@@ -94,14 +92,6 @@ EVENT_SCHEMA = pa.schema(
 _CATEGORIES = ("node", "netns", "ifname", "probe", "nf_hook", "nf_pf", "drop_reason",
                "hdr_kind", "flags", "hdr", "verdict", "nf_table", "nf_chain")
 _TEXT = ("nf_hook", "nf_pf", "drop_reason", "ifname", "netns", "verdict", "nf_table", "nf_chain")
-
-
-def is_benign(reason: str, proto: int, icmp_type: int) -> bool:
-    """A kfree_skb that is not a failure: see :data:`BENIGN_REASONS`; and an ICMP echo reply
-    freed with NO_SOCKET after its delivery to the ping socket's clone."""
-    if reason in BENIGN_REASONS:
-        return True
-    return reason == "NO_SOCKET" and proto in (1, 58) and icmp_type in (0, 129)
 
 
 @dataclass

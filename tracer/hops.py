@@ -62,9 +62,24 @@ NF_SHORT = {
 }
 
 
+#: Drop reasons that are normal end-of-life, not failures (docs/report.md).
+BENIGN_REASONS = frozenset({"SKB_CONSUMED", "QUEUE_PURGE", "SOCKET_CLOSE"})
+
+
+def is_benign(reason: str, proto: int, icmp_type: int) -> bool:
+    """A kfree_skb that is not a failure: see :data:`BENIGN_REASONS`; and an ICMP echo reply
+    freed with NO_SOCKET after its delivery to the ping socket's clone."""
+    if reason in BENIGN_REASONS:
+        return True
+    return reason == "NO_SOCKET" and proto in (1, 58) and icmp_type in (0, 129)
+
+
 def classify(ev: Event, topo: Topology, dec: Decoded | None, prev: Event | None) -> Hop:
     """The hop ``ev`` stands for; ``prev`` is the packet's previous device (rx/tx) event."""
     if ev.probe == "kfree_skb":
+        f = dec.inner if dec is not None else None
+        if is_benign(ev.drop_reason, f.proto if f else 0, f.icmp_type if f else -1):
+            return Hop(HopKind.FREED, "freed")
         return Hop(HopKind.DROP, "DROP")
     if ev.probe == "consume_skb":
         return Hop(HopKind.FREED, "freed")

@@ -7,7 +7,7 @@ Every rule reads the correlated tables (tracer/correlate.py) and returns finding
      "flows": [0]}
 
 Benign frees (consume_skb, a ping reply's NO_SOCKET after delivery to the raw socket's clone,
-socket queue purges) are never drops (tracer.correlate.is_benign), so they trigger nothing.
+socket queue purges) are never drops (tracer.hops.is_benign), so they trigger nothing.
 """
 
 from __future__ import annotations
