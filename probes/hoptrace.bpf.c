@@ -3,7 +3,7 @@
  * hoptrace.bpf.c - per-packet events at each point of the Linux network path.
  *
  * Every program funnels into handle(): it copies the first HT_HDR_LEN header bytes, parses them
- * down to the innermost IP header (through VLAN, VXLAN, Geneve, GRE, IPIP), and
+ * down to the innermost IP header (through VLAN, VXLAN, Geneve, GRE, IPIP, Flannel UDP), and
  *   - for an skb already tracked, emits an event (unless the packet identity changed, which means
  *     the skb address was freed and reused by another packet);
  *   - for an untracked skb, evaluates the user's filter (a DNF table in rodata) and, on a match,
@@ -28,6 +28,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define ETH_P_8021AD 0x88A8
 #define ETH_P_TEB 0x6558
 #define GENEVE_PORT 6081
+#define FLANNEL_UDP_PORT 8285 /* Flannel's udp backend: a bare IP packet in UDP */
 #define NF_ACCEPT 1
 
 /* Set by the loader between open and load (tracer/loader.py). */
@@ -280,6 +281,12 @@ __noinline int ht_parse_level(struct scratch *s, __u32 off)
 			if (fl < 0 || !(fl & 0x08))
 				return -1;
 			return skip_eth(b, l4 + 16, len);
+		}
+		if (dp == FLANNEL_UDP_PORT) {
+			int v = rd8(b, l4 + 8, len);
+			if (v >= 0 && ((v >> 4) == 4 || (v >> 4) == 6))
+				return l4 + 8;
+			return -1;
 		}
 		if (dp == GENEVE_PORT) {
 			/* Geneve (RFC 8926): 8 bytes + options, protocol type names the payload */
