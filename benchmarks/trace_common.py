@@ -79,10 +79,13 @@ def lab_up(tag: str) -> Iterator[Lab]:
 
 
 @contextlib.contextmanager
-def iperf_server(lab: Lab, pod: str = "b1", port: int = IPERF_PORT) -> Iterator[None]:
-    """An iperf3 server in ``pod`` for the block's duration (killed at the end)."""
+def iperf_server(lab: Lab, pod: str = "b1", port: int = IPERF_PORT,
+                 cpu: int | None = None) -> Iterator[None]:
+    """An iperf3 server in ``pod`` for the block's duration (killed at the end); ``cpu``
+    pins it (``-A``)."""
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", lab.netns(pod), "iperf3", "-s", "-p", str(port)],
+        ["ip", "netns", "exec", lab.netns(pod), "iperf3", "-s", "-p", str(port),
+         *(["-A", str(cpu)] if cpu is not None else [])],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -105,10 +108,13 @@ class IperfResult:
 
 def iperf(
     lab: Lab, mode: str, seconds: float, rate: str = "0", length: int = 64,
-    src: str = "a1", dst: str = "b1", port: int = IPERF_PORT,
+    src: str = "a1", dst: str = "b1", port: int = IPERF_PORT, cpu: int | None = None,
 ) -> IperfResult:
-    """One bounded iperf3 client run from ``src`` to ``dst``'s server; receiver-side rates."""
+    """One bounded iperf3 client run from ``src`` to ``dst``'s server; receiver-side rates.
+    ``cpu`` pins the client (``-A``): the lab's softirq work then runs on that CPU too."""
     argv = ["iperf3", "-c", lab.addr(dst), "-p", str(port), "-t", f"{seconds:g}", "-J"]
+    if cpu is not None:
+        argv += ["-A", str(cpu)]
     if mode == "udp":
         argv += ["-u", "-b", rate, "-l", str(length)]
     proc = lab.exec(src, argv, timeout=seconds + 20)
@@ -173,7 +179,7 @@ class Tracer:
     """
 
     def __init__(self, flt: str, netns: str, out: bool = True, ring_mib: int = 16,
-                 max_s: float = 300.0) -> None:
+                 max_s: float = 300.0, cpu: int | None = None) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="hoptrace-bench-"))
         self.ready = self.tmp / "ready"
         self.out = self.tmp / "trace.jsonl"
@@ -183,6 +189,8 @@ class Tracer:
                      "--ring-size", str(ring_mib)]
         if out:
             self.argv += ["-o", str(self.out)]
+        if cpu is not None:  # the tracer alone on one CPU: "events/s on one core"
+            self.argv = ["taskset", "-c", str(cpu), *self.argv]
         self.proc: subprocess.Popen[str] | None = None
         self.run: TraceRun | None = None
 

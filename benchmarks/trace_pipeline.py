@@ -46,14 +46,16 @@ from trace_common import (  # noqa: E402
 
 RATES = (1000, 2000, 4000, 8000, 12000, 16000)  # offered UDP packets/s (x ~38 events)
 QUICK_RATES = (2000, 8000, 12000, 16000)
+PIN_RATES = (2000, 4000, 6000, 8000, 10000, 12000)  # one CPU for traffic: it tops out lower
 TARGET = 300_000  # events/s without loss
+TRAFFIC_CPU, TRACER_CPU = 0, 1  # --pin: iperf3 (and so the lab's softirq work) vs the tracer
 
 
-def step(lab: Lab, netns: str, pps: int, secs: float) -> list[object]:
+def step(lab: Lab, netns: str, pps: int, secs: float, pin: bool) -> list[object]:
     """One rate: trace everything while iperf3 sends ``pps`` 64-byte packets/s."""
-    with Tracer("", netns, max_s=secs + 120) as tr:
+    with Tracer("", netns, max_s=secs + 120, cpu=TRACER_CPU if pin else None) as tr:
         c0, t0 = tr.cpu(), time.monotonic()
-        res = iperf(lab, "udp", secs, rate=str(pps * 64 * 8))
+        res = iperf(lab, "udp", secs, rate=str(pps * 64 * 8), cpu=TRAFFIC_CPU if pin else None)
         run = tr.stop()
     wall = run.exit_s - t0
     lost = ", ".join(f"{p} {n:,}" for p, n in sorted(run.lost.items())) or "0"
@@ -158,19 +160,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="4 rates of 3 s")
     ap.add_argument("--seconds", type=float, help="traffic time per step (default 5, quick 3)")
+    ap.add_argument("--pin", action="store_true",
+                    help=f"tracer alone on CPU {TRACER_CPU}, iperf3 (client, server, softirq) on "
+                    f"CPU {TRAFFIC_CPU}: what the Python side takes on one core")
     args = ap.parse_args()
     secs = args.seconds or (3.0 if args.quick else 5.0)
-    rates = QUICK_RATES if args.quick else RATES
+    rates = PIN_RATES if args.pin else QUICK_RATES if args.quick else RATES
 
     rows = []
-    with lab_up("pl") as lab, iperf_server(lab, port=IPERF_PORT):
+    with lab_up("pl") as lab, iperf_server(lab, port=IPERF_PORT,
+                                           cpu=TRAFFIC_CPU if args.pin else None):
         netns = ",".join(lab.namespaces())
         for pps in rates:
-            rows.append(step(lab, netns, pps, secs))
+            rows.append(step(lab, netns, pps, secs, args.pin))
             print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr)
         drain_rows, stage_rows = in_process(lab, secs)
 
-    print(f"## trace_pipeline ({machine()}; {secs:g} s per step)\n")
+    pinned = f"; tracer on CPU {TRACER_CPU}, traffic on CPU {TRAFFIC_CPU}" if args.pin else ""
+    print(f"## trace_pipeline ({machine()}; {secs:g} s per step{pinned})\n")
     print(table(["offered pkt/s", "sent pkt/s", "received pkt/s", "events/s written",
                  "events/s until drained", "lost events/s", "lost per probe (total)",
                  "tracer CPU (cores)",
