@@ -806,6 +806,7 @@ static __always_inline void args_push(__u64 fn, __u64 a0, __u64 a1, __u64 a2)
 		st->depth = 0; /* unbalanced: start over */
 		return;
 	}
+	d &= HT_ARGSTACK_DEPTH - 1; /* for the verifier: clang may drop the check above */
 	st->f[d].fn = fn;
 	st->f[d].a[0] = a0;
 	st->f[d].a[1] = a1;
@@ -824,7 +825,7 @@ static __always_inline bool args_pop(__u64 fn, __u64 *a)
 	d = st->depth;
 	if (d == 0 || d > HT_ARGSTACK_DEPTH)
 		return false;
-	d -= 1;
+	d = (d - 1) & (HT_ARGSTACK_DEPTH - 1); /* masked: the verifier needs a bound it can see */
 	if (st->f[d].fn != fn) {
 		st->depth = 0;
 		return false;

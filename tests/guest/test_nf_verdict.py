@@ -117,8 +117,8 @@ def test_forward_drop_names_hook_table_chain_verdict(
         ping_dropped(lab)
         time.sleep(0.5)
         trace = run.stop(timeout=60)
-    mech = {p["point"]: p["mechanism"] for p in trace.header["probes"]}
-    assert mech[probe] == "fexit", mech
+    row = next(p for p in trace.header["probes"] if p["point"] == probe)
+    assert row["mechanism"] == "fexit", (row, run.stderr)
     c = dropped_chain(chains_of(trace), lab)
     events = [s.event for s in c.steps]
     record_property(variant, [(e.probe, e.nf_hook, e.nf_table, e.nf_chain, e.verdict)
