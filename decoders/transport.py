@@ -14,7 +14,8 @@ from ._common import Stop, u16x2
 from .ip import parse_ipv4, parse_ipv6
 from .model import Flow, new_flow
 
-_TCP = Struct("!HHIIBB6x").unpack_from  # the whole 20-byte header must be there
+#: ``(sport, dport, seq, ack, data offset, flags)``: the whole 20-byte header must be there.
+TCP_FIELDS = _TCP = Struct("!HHIIBB6x").unpack_from
 _TCP8 = Struct("!HHI").unpack_from
 _ICMP = Struct("!BBxxHH").unpack_from
 #: ``(sport, dport)`` of the 8-byte UDP header at an offset (a bare unpack: it is hot).

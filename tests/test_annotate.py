@@ -188,6 +188,60 @@ def test_chunk_boundaries_do_not_matter(tmp_path: Path, chunk: int) -> None:
         assert [r[2] for r in recs] == frames and cap.truncated is None, name
 
 
+@pytest.mark.parametrize("chunk", [7, 64, 1000, 1 << 20])
+def test_frames_are_the_records_from_where_decoding_starts(tmp_path: Path, chunk: int) -> None:
+    """Capture.frames(), the fast path (no tuple per packet; pcap cut a chunk at a time),
+    gives exactly the records' bytes past any cooked header, and counts like the records."""
+    frames = [bytes(Ether(**MAC) / echo(i) / Raw(b"z" * (i * 13 % 97))) for i in range(40)]
+    sll = [bytes(CookedLinuxV2(proto=0x0800) / echo(i)) for i in range(5)]
+    (tmp_path / "e.pcap").write_bytes(classic(frames))
+    (tmp_path / "s.pcap").write_bytes(classic(sll, endian=">", linktype=276))
+    wrpcapng(str(tmp_path / "e.pcapng"), [Ether(f) for f in frames])
+    e = "<"
+    (tmp_path / "s.pcapng").write_bytes(shb(e) + idb(e, 1) + idb(e, 276) + b"".join(
+        epb(e, i % 2, i, frames[i] if i % 2 == 0 else sll[i % 5]) for i in range(10)))
+    for name in ("e.pcap", "s.pcap", "e.pcapng", "s.pcapng"):
+        recs, rcap = records(tmp_path / name, chunk=chunk)
+        with Capture(tmp_path / name, chunk=chunk) as cap:
+            got = list(cap.frames())
+        want = [data[off:] for _, _, data, off, *_ in recs]
+        assert got == want and len(got) in (5, 10, 40), name
+        assert decode(got[-1], start=2 if name == "s.pcap" else 1).error is None
+        assert (cap.packets, cap.offset, cap.truncated) == (len(recs), rcap.offset, None), name
+
+
+def test_corrupt_record_length_ends_both_paths_alike(tmp_path: Path) -> None:
+    frames = [bytes(Ether(**MAC) / echo(i)) for i in range(3)]
+    data = bytearray(classic(frames))
+    at = 24 + 2 * (16 + len(frames[0]))  # the third record's header
+    struct.pack_into("<I", data, at + 8, 100 << 20)  # captured length 100 MiB
+    (tmp_path / "bad.pcap").write_bytes(bytes(data))
+    recs, rcap = records(tmp_path / "bad.pcap")
+    with Capture(tmp_path / "bad.pcap") as cap:
+        got = list(cap.frames())
+    assert [r[2] for r in recs] == got == frames[:2]
+    assert rcap.truncated == cap.truncated and cap.truncated is not None
+    assert f"packet 3 at byte {at}: corrupt record (captured length {100 << 20})" in cap.truncated
+
+
+def test_pcapfile_frames_close_the_file(tmp_path: Path) -> None:
+    from decoders.pcap import PcapFile
+
+    path = tmp_path / "c.pcap"
+    path.write_bytes(classic([bytes(Ether(**MAC) / echo(i)) for i in range(3)]))
+
+    def open_fds() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if fd.exists() and fd.resolve() == path)
+
+    assert len(list(PcapFile(path).frames())) == 3 and open_fds() == 0
+    it = PcapFile(path).frames()
+    next(it)
+    assert open_fds() == 1
+    del it  # dropped half-way: the file closes too
+    assert open_fds() == 0
+
+
 @pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
 def test_truncated_last_packet_is_reported_after_the_rest(tmp_path: Path, fmt: str) -> None:
     frames = [bytes(Ether(**MAC) / echo(i)) for i in range(5)]
@@ -205,6 +259,9 @@ def test_truncated_last_packet_is_reported_after_the_rest(tmp_path: Path, fmt: s
     assert [r[2] for r in recs] == frames[:4]
     assert cap.truncated is not None
     assert f"packet 5 at byte {last_at}" in cap.truncated, cap.truncated
+    with Capture(cut) as fast:
+        assert list(fast.frames()) == frames[:4]
+    assert fast.truncated == cap.truncated
     # the CLI annotates the four and says so, exit 1
     out = tmp_path / "out.pcapng"
     res = hoptrace("annotate", str(cut), "-o", str(out))
