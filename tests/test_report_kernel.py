@@ -203,3 +203,24 @@ def test_mtu_problem_diagnosed(vxlan_lab: Lab, tmp_path: Path) -> None:
     rep = build(load(paths))
     assert rules(rep) == ["mtu"]
     assert any("fragmented on the underlay" in e for e in rep["diagnosis"][0]["evidence"])
+    # the MTUs recorded in the trace header name the misfit
+    n1 = lab.netns("n1")
+    assert (f"flannel.1 (vxlan) MTU 1450 + 50 = 1500 bytes on the wire, more than u1 1400 in {n1}"
+            in " ".join(rep["diagnosis"][0]["evidence"])), rep["diagnosis"][0]["evidence"]
+
+
+def test_pod_mtu_above_the_overlay_diagnosed(vxlan_lab: Lab, tmp_path: Path) -> None:
+    """`lab fault mtu`: a1's eth0 and its host-side veth at 1500 while flannel.1 is 1450: a
+    full-size DF packet cannot enter the tunnel; the diagnosis names the two MTUs."""
+    from tracer.lab.faults import inject, plan
+
+    lab = vxlan_lab
+    b1 = lab.addr("b1")
+    inject(lab, plan(lab, "mtu"))
+    paths = trace_nodes(lab, tmp_path, f"host {b1}",
+                        lambda: ping(lab, b1, 2, "-M", "do", "-s", "1472"))
+    rep = build(load(paths))
+    assert rules(rep) == ["mtu"], rep["diagnosis"]
+    evidence = " ".join(rep["diagnosis"][0]["evidence"])
+    assert (f"pod {lab.netns('a1')} eth0 MTU 1500 is larger than flannel.1 MTU 1450 on its "
+            f"node {lab.netns('n1')}") in evidence, evidence

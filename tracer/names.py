@@ -86,6 +86,7 @@ class Device:
     port: int = 0  # UDP destination port of a VXLAN/Geneve device
     peer_netns: str = ""  # a veth's other end, a macvlan's lower device: its namespace ("" when
     peer_ifindex: int = 0  # unknown, or a device linked to nothing)
+    mtu: int = 0  # 0 when unknown (trace files written before hoptrace recorded it)
 
 
 # devices whose IFLA_LINK names another device, possibly in another namespace
@@ -149,6 +150,7 @@ def devices(ns: Netns, others: Sequence[Netns] = ()) -> dict[int, Device]:
                     int(port),
                     peer_ns,
                     peer_if,
+                    int(link.get_attr("IFLA_MTU") or 0),
                 )
     except Exception:  # namespace vanished or netlink refused: names fall back to the event's
         return {}
@@ -231,7 +233,8 @@ class Topology:
             ns: [
                 {"ifindex": d.ifindex, "name": d.name, "kind": d.kind, "master": d.master,
                  **({"port": d.port} if d.port else {}),
-                 **({"peer": [d.peer_netns, d.peer_ifindex]} if d.peer_netns else {})}
+                 **({"peer": [d.peer_netns, d.peer_ifindex]} if d.peer_netns else {}),
+                 **({"mtu": d.mtu} if d.mtu else {})}
                 for d in sorted(devs.values(), key=lambda d: d.ifindex)
             ]
             for ns, devs in self.devs.items()
@@ -249,6 +252,7 @@ class Topology:
                         int(d["master"]),  # type: ignore[arg-type]
                         int(d.get("port", 0)),  # type: ignore[arg-type]
                         *(d.get("peer") or ("", 0)),  # type: ignore[arg-type]
+                        int(d.get("mtu", 0)),  # type: ignore[arg-type]
                     )
                     for d in devs
                 }

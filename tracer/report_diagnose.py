@@ -20,6 +20,7 @@ import pandas as pd
 from tracer.chains import decision_text
 from tracer.correlate import Traces, str_values
 from tracer.hops import HopKind
+from tracer.names import Topology
 
 Finding = dict[str, Any]
 
@@ -27,6 +28,9 @@ NO_ROUTE = {"IP_OUTNOROUTES", "IP_INNOROUTES", "IP_INADDRERRORS", "NEIGH_FAILED"
             "NEIGH_QUEUEFULL", "NEIGH_CREATEFAIL", "NEIGH_DEAD", "NEIGH_HH_FILLFAIL"}
 MTU_REASONS = {"PKT_TOO_BIG", "FRAG_REASM_TIMEOUT", "FRAG_TOO_FAR", "DUP_FRAG", "SKB_GSO_SEG"}
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+#: Bytes a tunnel device adds to what it carries (outer IPv4; Geneve and GRE without options)
+TUNNEL_OVERHEAD = {"vxlan": VXLAN_OVERHEAD, "geneve": 50, "gretap": 38, "gre": 24, "ipip": 20,
+                   "tun": 28}
 #: A hop "stands out" when its median is this many times the path's typical hop and at least
 #: OUTLIER_MIN_NS: lab hops take 1-100 us, so only real stalls (ms) are reported.
 OUTLIER_FACTOR = 10.0
@@ -252,6 +256,7 @@ def mtu(tr: Traces, d: pd.DataFrame) -> list[Finding]:
             flows += list(tr.packets.set_index("packet").loc[fp, "flow"])
     if not evidence:
         return []
+    evidence += _mtu_facts(tr)
     return [_finding(
         "mtu",
         "MTU / fragmentation problem on the overlay",
@@ -260,6 +265,40 @@ def mtu(tr: Traces, d: pd.DataFrame) -> list[Finding]:
         "agree. Compare: ip -d link show (pod eth0, cni0, flannel.1, underlay) on each node; "
         "large DF packets then fail while small ones (ping) work.",
         evidence, packets, flows)]
+
+
+def _mtu_facts(tr: Traces) -> list[str]:
+    """Device MTUs that cannot work together, from the trace headers' topology (recorded
+    when tracing started): a tunnel whose MTU plus its overhead exceeds every link of its
+    namespace that could carry it, a pod interface larger than its node's tunnel, and veth
+    ends that disagree."""
+    out: list[str] = []
+    for n in tr.nodes:
+        topo = Topology.from_json(n.header.get("topology") or {})
+        for ns, devs in topo.devs.items():
+            tunnels = [d for d in devs.values() if d.kind in TUNNEL_OVERHEAD and d.mtu]
+            carriers = [d for d in devs.values() if d.mtu and d.name != "lo" and not d.master
+                        and d.kind in ("", "veth", "macvlan", "ipvlan", "vlan")]
+            for t in tunnels:
+                need = t.mtu + TUNNEL_OVERHEAD[t.kind]
+                if carriers and max(c.mtu for c in carriers) < need:
+                    links = ", ".join(f"{c.name} {c.mtu}" for c in carriers)
+                    out.append(f"{t.name} ({t.kind}) MTU {t.mtu} + {TUNNEL_OVERHEAD[t.kind]} = "
+                               f"{need} bytes on the wire, more than {links} in {ns} "
+                               f"(node {n.node}): lower {t.name} to "
+                               f"{max(c.mtu for c in carriers) - TUNNEL_OVERHEAD[t.kind]}")
+                for d in devs.values():
+                    peer = topo.peer(ns, d.ifindex)
+                    if peer and peer[1].mtu > t.mtu and topo.role(peer[0]) == "pod":
+                        out.append(f"pod {peer[0]} {peer[1].name} MTU {peer[1].mtu} is larger "
+                                   f"than {t.name} MTU {t.mtu} on its node {ns}: set the pod "
+                                   f"MTU to {t.mtu} (the CNI's mtu setting)")
+            for d in devs.values():
+                peer = topo.peer(ns, d.ifindex)
+                if peer and d.mtu and peer[1].mtu and peer[1].mtu != d.mtu and ns < peer[0]:
+                    out.append(f"veth ends disagree: {d.name} in {ns} MTU {d.mtu}, "
+                               f"{peer[1].name} in {peer[0]} MTU {peer[1].mtu}")
+    return list(dict.fromkeys(out))
 
 
 def vxlan_no_listener(tr: Traces, d: pd.DataFrame) -> list[Finding]:
