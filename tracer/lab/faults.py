@@ -19,7 +19,22 @@ rp-filter       rp_filter strict (1) on the interface whose path needs loose (ca
 no-route        the route on CLIENT's node that carries traffic to SERVER is deleted
 slow-rules      N (default 5000) non-matching Service rules in front of the Service's rule
                 in KUBE-SERVICES on CLIENT's node (kube-proxy)
+vxlan-port      CLIENT's node sends VXLAN for SERVER's node to a UDP port nobody listens on
+                there (4789, or 8472 if the lab uses 4789): the fdb entry gets a ``port``
+no-neigh        the permanent neighbour entry for SERVER's node's tunnel address is deleted on
+                CLIENT's node: ARP on the VXLAN device finds nobody, packets die NEIGH_FAILED
+conntrack       SERVER's node drops ``--ctstate INVALID`` in FORWARD (as kube-proxy does) and
+                its TCP conntrack entries expire after 2 s idle with loose pick-up off: a
+                connection idle longer loses its entry and its next packets are INVALID
 ==============  =============================================================================
+
+Why ``vxlan-port`` changes the sender's fdb entry rather than the receiver's device: the
+kernel cannot change a VXLAN device's port in place (``ip link set flannel.1 type vxlan
+dstport 4789``: "Cannot change port"), and recreating the device would lose its addresses,
+routes, neighbours and fdb. A per-destination port in the sender's fdb entry puts the same
+packets on the same wire: the receiver's VXLAN socket listens on another port. Why
+``conntrack`` uses expiry rather than a full table: ``nf_conntrack_max`` is read-only
+outside the initial network namespace, and the lab must not change the host's.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ from pathlib import Path
 from tracer.errors import LabError, UsageError
 from tracer.lab.apply import ns_run
 from tracer.lab.lab import Lab
+from tracer.lab.spec import Fdb
 
 KINDS = (
     "iptables-drop",
@@ -41,10 +57,15 @@ KINDS = (
     "rp-filter",
     "no-route",
     "slow-rules",
+    "vxlan-port",
+    "no-neigh",
+    "conntrack",
 )
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 COMMENT = "hoptrace-fault"
 NFT_TABLE = "hoptrace_fault"
+#: conntrack fault: TCP established entries expire after this many idle seconds.
+CT_IDLE_S = 2
 
 
 @dataclass(frozen=True)
@@ -189,23 +210,36 @@ def plan(lab: Lab, kind: str, hook: str | None = None, rules: int = 5000, mtu: i
         return Fault(kind, f"no-route: {' '.join(add[3:-2])} deleted in {ns}", [act])
     if kind == "slow-rules":
         return _slow_rules(lab, client, rules)
+    if kind == "vxlan-port":
+        return _vxlan_port(lab, client, server)
+    if kind == "no-neigh":
+        return _no_neigh(lab, client, server)
+    if kind == "conntrack":
+        return _conntrack(lab, server)
     raise UsageError(f"unknown fault {kind!r}; faults: {', '.join(KINDS)}")
 
 
-def _wrong_fdb(lab: Lab, client: str, server: str) -> Fault:
-    topo = lab.topology
+def _fdb_entry(lab: Lab, client: str, server: str) -> tuple[str, str, Fdb]:
+    """(client's node, server's node, the VXLAN fdb entry on the first for the second)."""
     node, target = _node_of(lab, client), _node_of(lab, server)
     right = lab.addr(target)
     entry = next(
         (
             f
-            for f in topo.fdb
+            for f in lab.topology.fdb
             if f.ns == node and f.dst == right and f.lladdr != "00:00:00:00:00:00"
         ),
         None,
     )
     if entry is None:
         raise UsageError(f"lab {lab.name} has no VXLAN fdb entry on {node} for {target}")
+    return node, target, entry
+
+
+def _wrong_fdb(lab: Lab, client: str, server: str) -> Fault:
+    topo = lab.topology
+    node, target, entry = _fdb_entry(lab, client, server)
+    right = entry.dst
     others = [ns for ns in topo.namespaces if ns.role == "node" and ns.short not in (node, target)]
     others += [ns for ns in topo.namespaces if ns.role == "net"]
     if not others or others[0].addr is None:
@@ -219,6 +253,65 @@ def _wrong_fdb(lab: Lab, client: str, server: str) -> Fault:
         f"wrong-fdb: {entry.ifname} in {ns} sends {target}'s MAC {entry.lladdr} to "
         f"{wrong.short} {wrong.addr} instead of {right}",
         [act],
+    )
+
+
+def _vxlan_port(lab: Lab, client: str, server: str) -> Fault:
+    node, target, entry = _fdb_entry(lab, client, server)
+    listening = {v.port for v in lab.topology.vxlans if v.ns == target}
+    port = next(p for p in (4789, 8472, 6784) if p not in listening)
+    base = ["bridge", "fdb", "replace", entry.lladdr, "dev", entry.ifname, "dst", entry.dst]
+    act = Action(lab.netns(node), [*base, "port", str(port)], base)
+    return Fault(
+        "vxlan-port",
+        f"vxlan-port: {entry.ifname} in {lab.netns(node)} sends {target}'s MAC {entry.lladdr} "
+        f"to {entry.dst} port {port}; {target} listens on "
+        f"{', '.join(map(str, sorted(listening))) or 'no VXLAN port'}",
+        [act],
+    )
+
+
+def _no_neigh(lab: Lab, client: str, server: str) -> Fault:
+    node, target, entry = _fdb_entry(lab, client, server)
+    neigh = next(
+        (n for n in lab.topology.neighbours
+         if n.ns == node and n.ifname == entry.ifname and n.lladdr == entry.lladdr),
+        None,
+    )
+    if neigh is None:
+        raise UsageError(f"lab {lab.name} has no static neighbour on {node} for {target}")
+    dev = ["dev", neigh.ifname]
+    act = Action(
+        lab.netns(node),
+        ["ip", "neigh", "del", neigh.dst, *dev],
+        ["ip", "neigh", "replace", neigh.dst, "lladdr", neigh.lladdr, *dev, "nud", "permanent"],
+    )
+    return Fault(
+        "no-neigh",
+        f"no-neigh: neighbour {neigh.dst} ({target}'s {neigh.ifname}) deleted on "
+        f"{neigh.ifname} in {lab.netns(node)}",
+        [act],
+    )
+
+
+def _conntrack(lab: Lab, server: str) -> Fault:
+    in_pod = lab.topology.faults.drop_in_pod
+    where = server if in_pod else _node_of(lab, server)
+    chain = "INPUT" if in_pod else "FORWARD"
+    ns = lab.netns(where)
+    rule = ["-m", "conntrack", "--ctstate", "INVALID", "-m", "comment", "--comment", COMMENT,
+            "-j", "DROP"]
+    acts = [Action(ns, ["iptables", "-I", chain, "1", *rule], ["iptables", "-D", chain, *rule])]
+    for key, value in (("net.netfilter.nf_conntrack_tcp_timeout_established", CT_IDLE_S),
+                       ("net.netfilter.nf_conntrack_tcp_loose", 0)):
+        was = ns_run(ns, ["sysctl", "-n", key]).strip()
+        acts.append(Action(ns, ["sysctl", "-q", "-w", f"{key}={value}"],
+                           ["sysctl", "-q", "-w", f"{key}={was}"]))
+    return Fault(
+        "conntrack",
+        f"conntrack: {chain} in {ns} drops ctstate INVALID; TCP entries there expire after "
+        f"{CT_IDLE_S} s idle, without loose pick-up",
+        acts,
     )
 
 
