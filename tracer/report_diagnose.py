@@ -41,11 +41,17 @@ OUTLIER_MIN_NS = 1_000_000
 NF_SLOW_MIN_NS = 50_000
 NF_SLOW_FACTOR = 4.0
 NF_SLOW_MIN_SAMPLES = 2
+#: conntrack: an idle gap this long before a connection's first dropped packet is named as
+#: evidence (conntrack's established timeout is 5 days by default, but NAT gateways, cloud
+#: firewalls and tuned nodes use minutes or less).
+CT_IDLE_MIN_S = 1.0
 
 
 def _us(ns: float) -> str:
     if ns != ns:  # NaN
         return "?"
+    if ns >= 1e9:
+        return f"{ns / 1e9:.2f} s"
     return f"{ns / 1e6:.2f} ms" if ns >= 1e6 else f"{ns / 1e3:.1f} us"
 
 
@@ -116,7 +122,12 @@ def netfilter_drops(tr: Traces, d: pd.DataFrame) -> list[Finding]:
 
 def _conntrack_like(tr: Traces, g: pd.DataFrame, hook: str) -> Finding | None:
     """Netfilter drops of mid-connection TCP packets whose connection's SYN passed the same
-    hook: a stateful rule (ctstate INVALID / conntrack table trouble), not a port block."""
+    hook: a stateful rule (ctstate INVALID / conntrack table trouble), not a port block.
+
+    Evidence: where (hook, device, netns, node, and the table/chain when a table probe saw
+    it), the reason and count, the SYN that passed, how long the connection was idle before
+    its first dropped packet (an idle gap longer than the conntrack timeout is the usual
+    cause), and the dropped packets (retransmissions counted, not repeated)."""
     if hook == "":
         return None
     tcp = g[g["proto"] == 6]
@@ -124,20 +135,40 @@ def _conntrack_like(tr: Traces, g: pd.DataFrame, hook: str) -> Finding | None:
         return None
     flows = set(tcp["flow"])
     p = tr.packets[tr.packets["flow"].isin(flows)]
-    syn_ok = p[(p["fate"] != "dropped") & p["summary"].str.contains(r"\[S\]", regex=True)]
+    passed = p[p["fate"] != "dropped"]
+    syn_ok = passed[passed["summary"].str.contains(r"\[S\]", regex=True)]
     if syn_ok.empty:
         return None
-    netns = str(g["netns"].iloc[0])
+    node, netns = str(g["node"].iloc[0]), str(g["netns"].iloc[0])
+    table = str(g["nf_table"].iloc[0]) if "nf_table" in g else ""
+    decided = (f" ({decision_text(table, str(g['nf_chain'].iloc[0]), str(g['verdict'].iloc[0]))})"
+               if table and table != "nan" else "")
+    ev = [f"{len(g)} TCP packet(s) of {', '.join(_flow_names(tr, g['flow']))} dropped with "
+          f"reason NETFILTER_DROP inside nf:{hook}{decided} on {g['prev_ifname'].iloc[0]} "
+          f"(netns {netns}, node {node})",
+          f"the connection's SYN got through: {syn_ok['summary'].iloc[0]}"]
+    first_drop = int(p.loc[p["fate"] == "dropped", "first_ns"].min())
+    before = passed.loc[passed["first_ns"] < first_drop, "first_ns"]
+    idle_s = (first_drop - int(before.max())) / 1e9 if len(before) else 0.0
+    if idle_s >= CT_IDLE_MIN_S:
+        ev.append(f"the connection was idle {idle_s:.1f} s before its first dropped packet: "
+                  "longer than its conntrack entry lived?")
+    counts = g["summary"].value_counts(sort=False)
+    ev += [f"dropped: {s}" + (f" ({n} times: the sender retransmits)" if n > 1 else "")
+           for s, n in counts.head(3).items()]
     return _finding(
         "conntrack",
-        f"Connection tracking rejects established TCP packets in {hook} of netns {netns}",
+        f"Connection tracking rejects established TCP packets in {hook} of netns {netns} "
+        f"(node {node})",
         "The connection's SYN passed this hook but later packets were dropped there: a "
-        "stateful rule (-m conntrack --ctstate INVALID -j DROP) or a conntrack entry that "
-        "expired, was flushed or never matched (asymmetric path, NAT on one direction only). "
-        f"Check: ip netns exec {netns} conntrack -L ; conntrack -S (invalid, drop counters).",
-        [f"SYN passed: {s}" for s in syn_ok["summary"].head(1)]
-        + [f"dropped: {s}" for s in g["summary"].head(3)],
-        len(g), g["flow"])
+        "stateful rule (-m conntrack --ctstate INVALID -j DROP, which kube-proxy installs) "
+        "meets packets whose conntrack entry expired (idle longer than "
+        "nf_conntrack_tcp_timeout_established, and nf_conntrack_tcp_loose=0 refuses to pick "
+        "the connection up again), was flushed or never matched (asymmetric path, NAT on one "
+        f"direction only). Check: ip netns exec {netns} conntrack -S (the invalid counter "
+        "grows) ; conntrack -L ; sysctl net.netfilter.nf_conntrack_tcp_timeout_established "
+        "net.netfilter.nf_conntrack_tcp_loose.",
+        ev, len(g), g["flow"])
 
 
 def rp_filter(tr: Traces, d: pd.DataFrame) -> list[Finding]:
@@ -163,22 +194,32 @@ def rp_filter(tr: Traces, d: pd.DataFrame) -> list[Finding]:
 def no_route(tr: Traces, d: pd.DataFrame) -> list[Finding]:
     out = []
     nr = d[d["drop_reason"].astype(str).isin(NO_ROUTE)]
-    for (netns, reason), g in nr.groupby([nr["netns"].astype(str),
-                                          nr["drop_reason"].astype(str)]):
+    for (node, netns, reason), g in nr.groupby([nr["node"].astype(str), nr["netns"].astype(str),
+                                                nr["drop_reason"].astype(str)]):
         neigh = reason.startswith("NEIGH")
         dsts = sorted(set(g["dst"].astype(str)))
+        dev = str(g["ifname"].iloc[0] or g["prev_ifname"].iloc[0])
+        # how long the packets sat in the neighbour's queue before it gave up (about
+        # mcast_solicit x retrans_time: 3 s by default); for no-route, where the lookup ran
+        waited = (f" after waiting {_us(float(g['dt_ns'].median()))} for resolution"
+                  if neigh and "dt_ns" in g and g["dt_ns"].notna().any() else "")
+        looked = (f" (a route lookup for packets arriving on {dev})"
+                  if reason == "IP_INNOROUTES" else "")
         out.append(_finding(
             "neighbour" if neigh else "no-route",
-            (f"Neighbour (ARP/NDP) resolution fails in netns {netns}" if neigh
-             else f"No route in netns {netns} for {', '.join(dsts[:3])}"),
+            (f"Neighbour (ARP/NDP) resolution fails on {dev} in netns {netns} (node {node})"
+             if neigh else f"No route in netns {netns} (node {node}) for "
+             f"{', '.join(dsts[:3])}"),
             ("The next hop's link-layer address could not be resolved: check that the "
              "gateway/peer answers ARP (ip neigh show), static neighbour/fdb entries "
-             "(VXLAN: bridge fdb show dev <vxlan>), and that the link is up."
+             f"(VXLAN: ip netns exec {netns} ip neigh show dev {dev} ; bridge fdb show dev "
+             f"{dev}: Flannel and Calico write a permanent entry per remote node), and that "
+             "the link is up."
              if neigh else
              f"Add the missing route: ip netns exec {netns} ip route get <dst> shows what "
              "the kernel chooses."),
-            [f"{len(g)} packet(s) dropped with reason {reason} on "
-             f"{g['ifname'].iloc[0] or g['prev_ifname'].iloc[0]} (netns {netns})"]
+            [f"{len(g)} packet(s) to {', '.join(dsts[:3])} dropped with reason {reason} on "
+             f"{dev}{looked} in netns {netns} (node {node}){waited}"]
             + [f"packet: {s}" for s in g["summary"].head(3)],
             len(g), g["flow"]))
     ev = tr.events
@@ -301,7 +342,20 @@ def _mtu_facts(tr: Traces) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _vxlan_devices(tr: Traces, netns: str) -> list[tuple[str, int]]:
+    """(device, UDP port) of the VXLAN devices in ``netns``, from the trace headers'
+    topology (what ``hoptrace trace`` read over netlink when it started)."""
+    for n in tr.nodes:
+        devs = Topology.from_json(n.header.get("topology") or {}).devs.get(netns)
+        if devs is not None:
+            return [(d.name, d.port) for d in devs.values() if d.kind == "vxlan" and d.port]
+    return []
+
+
 def vxlan_no_listener(tr: Traces, d: pd.DataFrame) -> list[Finding]:
+    """VXLAN packets freed with NO_SOCKET where they arrived (the UDP port has no socket), and
+    ICMP port unreachable quoting a VXLAN port. Evidence: where (netns, node, device), the
+    outer endpoints and port, the count, and the port the VXLAN devices there listen on."""
     ports = set()
     for n in tr.nodes:
         ports |= {int(p) for p in n.header.get("vxlan_ports", [])}
@@ -314,21 +368,33 @@ def vxlan_no_listener(tr: Traces, d: pd.DataFrame) -> list[Finding]:
         ok = dec >= 0
         ntun = np.where(ok, hdr["ntun"][np.maximum(dec, 0)], 0)
         odp = np.where(ok, hdr["outer_dport"][np.maximum(dec, 0)], 0)
+        tunnel = np.where(ok, hdr["tunnel"][np.maximum(dec, 0)], "")
         sel = (ntun > 0) | np.isin(odp, list(ports))
-        g = ns[sel]
-        if len(g):
-            used = sorted({int(p) for p in odp[sel] if p})
+        g = ns[sel].assign(outer_dport=odp[sel], tunnel=tunnel[sel])
+        for (node, netns, port), gg in g.groupby(
+                [g["node"].astype(str), g["netns"].astype(str), g["outer_dport"]]):
+            dev = str(gg["ifname"].iloc[0] or gg["prev_ifname"].iloc[0])
+            outer = sorted({str(t).split(" ")[-1] for t in gg["tunnel"] if t})
+            listen = _vxlan_devices(tr, netns)
+            there = (", ".join(f"{name} on UDP {p}" for name, p in listen) if listen
+                     else "none in the trace's topology")
+            ev = [f"{len(gg)} VXLAN packet(s) to UDP port {port} dropped with reason NO_SOCKET "
+                  f"on {dev} in netns {netns} (node {node}): no socket listens on {port}"
+                  + (f"; outer {', '.join(outer[:3])}" if outer else ""),
+                  f"VXLAN devices in {netns}: {there}"]
+            ev += [f"packet: {s}" for s in gg["summary"].head(3)]
+            fix = (f"{netns}'s VXLAN device listens on "
+                   f"{', '.join(str(p) for _, p in listen)}, the sender sends to {port}: "
+                   if listen else "")
             out.append(_finding(
                 "vxlan-port",
-                f"VXLAN packets to UDP port {', '.join(map(str, used))} reach node "
-                f"{g['node'].iloc[0]} but no socket listens there",
-                "The sender's VXLAN destination port differs from the receiver's VXLAN device "
-                "port (or the device is missing/down). Compare ip -d link show <vxlan> "
-                "(dstport) on both nodes.",
-                [f"{len(g)} encapsulated packet(s) dropped with NO_SOCKET in "
-                 f"{g['netns'].iloc[0]} (node {g['node'].iloc[0]})"]
-                + [f"packet: {s}" for s in g["summary"].head(3)],
-                len(g), g["flow"]))
+                f"VXLAN packets to UDP port {port} reach netns {netns} (node {node}) but no "
+                "socket listens there",
+                f"{fix}the sender's VXLAN destination port differs from the receiver's VXLAN "
+                "device port (or the device is missing/down). Make them agree: compare ip -d "
+                "link show <vxlan> (dstport) on both nodes, and the sender's per-destination "
+                "ports (bridge fdb show dev <vxlan>: 'port N').",
+                ev, len(gg), gg["flow"]))
     pu = _icmp_errors(tr, codes=(3,))
     if len(pu):
         pu = pu[np.isin(pu["q_dport"], list(ports)) & (pu["q_proto"] == 17)]
@@ -479,7 +545,10 @@ def latency_outliers(tr: Traces, paths: dict[int, list[dict[str, Any]]]) -> list
     names = tr.flows.set_index("flow")["name"] if not tr.flows.empty else {}
     for flow, dirs in paths.items():
         for p in dirs:
-            hops = [h for h in p["hops"] if h["hop"] != str(HopKind.FREED)
+            # not the final free or drop: the time before a drop (an ARP wait of seconds)
+            # is not a latency of packets that got through
+            hops = [h for h in p["hops"] if h["hop"] not in (str(HopKind.FREED),
+                                                             str(HopKind.DROP))
                     and h["latency_ns"]["p50"] is not None and h["index"] > 0
                     and not (h["cross_node"] and h["uncertainty_ns"] is None)]
             if len(hops) < 3:
