@@ -357,7 +357,8 @@ class Probes:
         }
         plan = allskb.plan(curated)
         report = allskb.Report(mech.kind.value, plan)
-        _raise_nofile(len(plan.functions) + 256)  # a kprobe holds a perf event fd
+        # a kprobe holds a perf event fd and a link fd; the ring buffer and maps need more
+        _raise_nofile(3 * len(plan.functions) + 1024)
         t1 = time.monotonic()
         for pos, items in sorted(plan.by_position().items()):
             prog = self._program(mech.program[:-1] + str(pos))
@@ -370,6 +371,11 @@ class Probes:
                         report.attached += 1
                         report.links += 1
                     except OSError as exc:
+                        if exc.errno not in self._SKIPPABLE:  # EMFILE, ENOMEM...: not fn's
+                            raise AttachError(
+                                f"--probes all-skb: kprobe on {fn} failed "
+                                f"({libbpf.errmsg(exc.errno or 0)}) after {report.attached}"
+                            ) from exc
                         report.rejected[fn] = libbpf.errmsg(exc.errno or 0)
         libbpf.take_log()  # libbpf logs every refusal; the report has them
         report.attach_s = time.monotonic() - t1
