@@ -297,6 +297,16 @@ def test_bad_input_fails_before_attaching(tmp_path: Path) -> None:
     assert r.returncode == 2 and "unknown network namespace 'no-such-netns-xyz'" in r.stderr
 
 
+def test_output_that_cannot_be_written_is_a_clear_error(vxlan_lab: Lab) -> None:
+    """-o goes through a writer thread: its failure (here ENOSPC) still ends the run with one
+    line and exit 1, and the probes are detached (the process exits)."""
+    lab = vxlan_lab
+    r = hoptrace("trace", "--netns", lab_netns(lab), "--duration", "1", "-o", "/dev/full")
+    assert r.returncode == 1, r.stderr
+    assert "hoptrace: cannot write /dev/full: No space left on device" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_not_root_is_a_clear_error() -> None:
     # A real unprivileged process: import as root (the interpreter lives under /root), then
     # drop to nobody before hoptrace runs, as `sudo -u nobody hoptrace trace` would.

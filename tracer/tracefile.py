@@ -12,35 +12,93 @@ replay (report, annotate, TUI, tests): everything above the event source works w
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tracer.errors import UsageError
+from tracer.errors import HoptraceError, UsageError
 from tracer.event import SCHEMA_VERSION, Event, event_from_json
 
 
 class TraceWriter:
-    def __init__(self, fp: IO[str]) -> None:
+    """Writes a trace stream to ``fp``. With ``background``, the writes happen in a thread of
+    their own, in order, so that a stall in the file system (dirty-page throttling blocks a
+    writer for tens of ms at 100+ MB/s) never stops the tracer from draining the ring buffer;
+    at most ``QUEUE`` batches wait. :meth:`close` writes what is queued and raises the
+    writer's error, if it had one."""
+
+    QUEUE = 8
+
+    def __init__(self, fp: IO[str], background: bool = False) -> None:
         self.fp = fp
+        self._q: queue.Queue[str | None] | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._q = queue.Queue(self.QUEUE)
+            self._thread = threading.Thread(target=self._drain, name="trace-writer", daemon=True)
+            self._thread.start()
+
+    def _drain(self) -> None:
+        assert self._q is not None
+        while (text := self._q.get()) is not None:
+            if self._error is None:
+                try:
+                    self.fp.write(text)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller by close()
+                    self._error = exc
+        try:
+            self.fp.flush()
+        except BaseException as exc:  # noqa: BLE001
+            self._error = self._error or exc
+
+    def _put(self, text: str) -> None:
+        if self._q is None:
+            self.fp.write(text)
+        elif self._error is not None:
+            err, self._error = self._error, None
+            self._raise(err)
+        else:
+            self._q.put(text)
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self.fp.write(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._put(json.dumps(obj, separators=(",", ":")) + "\n")
 
     def header(self, **fields: Any) -> None:
         self._write({"type": "header", "schema": SCHEMA_VERSION, **fields})
 
     def event_lines(self, lines: str) -> None:
         """Event lines as made by :meth:`tracer.event.Namer.ndjson` (one batch)."""
-        self.fp.write(lines)
+        self._put(lines)
 
     def lost(self, probe: str, count: int) -> None:
         self._write({"type": "lost", "probe": probe, "count": count})
 
     def summary(self, **fields: Any) -> None:
         self._write({"type": "summary", **fields})
-        self.fp.flush()
+        self.close()
+
+    def close(self) -> None:
+        """Everything queued written and flushed (idempotent)."""
+        if self._thread is not None:
+            assert self._q is not None
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+        else:
+            self.fp.flush()
+        if self._error is not None:
+            err, self._error = self._error, None
+            self._raise(err)
+
+    def _raise(self, err: BaseException) -> None:
+        if isinstance(err, OSError) and not isinstance(err, BrokenPipeError):
+            name = getattr(self.fp, "name", "the trace file")
+            raise HoptraceError(f"cannot write {name}: {err.strerror or err}") from err
+        raise err
 
 
 @dataclass

@@ -176,9 +176,9 @@ def run(args: argparse.Namespace) -> int:
         probe_set=args.probes,
     )
     out_fp: IO[str] | None = args.output.open("w") if args.output else None
-    writers = [
-        TraceWriter(fp) for fp in (out_fp, sys.stdout if args.format == "json" else None) if fp
-    ]
+    writers = [TraceWriter(out_fp, background=True)] if out_fp else []
+    if args.format == "json":
+        writers.append(TraceWriter(sys.stdout))
     stop = _StopFlag()
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -188,7 +188,10 @@ def run(args: argparse.Namespace) -> int:
         for sig, handler in old.items():
             signal.signal(sig, handler)
         if out_fp:
-            out_fp.close()
+            try:
+                writers[0].close()  # an error ends the run before: what is queued still goes
+            finally:
+                out_fp.close()
 
 
 def _loop(args, probes, topo, writers, expr, ports, stop) -> int:  # type: ignore[no-untyped-def]
