@@ -224,3 +224,27 @@ def test_pod_mtu_above_the_overlay_diagnosed(vxlan_lab: Lab, tmp_path: Path) -> 
     evidence = " ".join(rep["diagnosis"][0]["evidence"])
     assert (f"pod {lab.netns('a1')} eth0 MTU 1500 is larger than flannel.1 MTU 1450 on its "
             f"node {lab.netns('n1')}") in evidence, evidence
+
+
+def test_benign_and_real_frees_at_one_place_are_told_apart(vxlan_lab: Lab,
+                                                           tmp_path: Path) -> None:
+    """Ping replies and UDP datagrams to a closed port both end in a1 with NO_SOCKET, at the
+    same device after the same hooks: the replies are benign frees, the datagrams real drops.
+    (Hop naming runs once per distinct situation; the free's reason and ICMP type are part of
+    it.)"""
+    lab = vxlan_lab
+    a1, b1 = lab.addr("a1"), lab.addr("b1")
+    udp = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+           f"[s.sendto(b'x' * 20, ('{a1}', 9)) for _ in range(3)]")
+
+    def traffic() -> None:
+        assert ping(lab, b1, 2).returncode == 0
+        lab.exec("b1", [sys.executable, "-c", udp], check=True, timeout=10)
+
+    paths = trace_nodes(lab, tmp_path, f"host {b1}", traffic)
+    rep = build(load(paths))
+    a1_ns = lab.netns("a1")
+    real = [d for d in rep["drops"] if d["netns"] == a1_ns]
+    benign = [d for d in rep["benign_frees"] if d["netns"] == a1_ns]
+    assert [(d["reason"], d["packets"]) for d in real] == [("NO_SOCKET", 3)], rep["drops"]
+    assert [(d["reason"], d["packets"]) for d in benign] == [("NO_SOCKET", 2)], benign

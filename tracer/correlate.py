@@ -406,8 +406,15 @@ class _Correlator:
         has_prev = last_dev >= 0
         pl = np.where(has_prev, last_dev, 0)
         tunnelled = self.h.cols["ntun"][self.d] > 0
+        # what classify() looks at: a free's reason and ICMP type decide "drop" vs "freed"
+        is_kfree = probe == pcats.index("kfree_skb") if "kfree_skb" in pcats else np.zeros(
+            len(ev), bool)
+        icmp_t = np.where(self.d >= 0, self.h.cols["icmp_type"][np.maximum(self.d, 0)], -1)
         key = pd.DataFrame({
             "f": ev["file"].to_numpy(np.int64), "p": probe,
+            "r": np.where(is_kfree, ev["drop_reason"].cat.codes.to_numpy(np.int64), -1),
+            "it": np.where(is_kfree, icmp_t, -1),
+            "pr": np.where(is_kfree, ev["proto"].to_numpy(np.int64), -1),
             "h": ev["nf_hook"].cat.codes.to_numpy(np.int64),
             "pf": ev["nf_pf"].cat.codes.to_numpy(np.int64), "n": netns, "i": ifindex,
             "t": tunnelled, "pn": np.where(has_prev, netns[pl], -1),
@@ -477,11 +484,7 @@ class _Correlator:
             on_drop = is_drop[decided]
             change[decided] = np.where(on_drop, change[decided] + ": " + texts, texts)
         ev["change"] = pd.Categorical(change)
-        c_type = c["icmp_type"][np.maximum(self.d, 0)]
-        reason = str_values(ev["drop_reason"])
-        benign = is_drop & (np.isin(reason, list(BENIGN_REASONS)) | (
-            (reason == "NO_SOCKET") & np.isin(ev["proto"].to_numpy(), (1, 58))
-            & np.isin(c_type, (0, 129))))
+        benign = is_drop & (str_values(ev["hop"]) == str(HopKind.FREED))  # hops.is_benign
         ev["benign"] = benign
         ev["is_free"] = (probe == "consume_skb") | benign
         ev["is_drop"] = is_drop & ~benign
