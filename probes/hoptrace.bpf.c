@@ -467,8 +467,14 @@ struct {
 
 static __always_inline struct nomatch_slot *nomatch_slot(__u64 skb)
 {
-	/* sk_buffs come from a slab of 256-byte objects: the low 8 bits carry nothing */
-	__u32 i = (__u32)((skb >> 8) ^ (skb >> 18)) & (HT_NOMATCH_SLOTS - 1);
+	/* sk_buffs come from a slab of 256-byte objects: the low 8 bits carry nothing. The hash
+	 * needs bits 8..27 only: a 32-bit move makes them a scalar for the verifier, which refuses
+	 * shifts on a pointer register (clang may shift the skb pointer itself: 6.1 refused
+	 * fx_nft_do_chain with "R2 32-bit pointer arithmetic prohibited"). */
+	__u32 lo, i;
+
+	asm volatile("%[lo] = %[p]" : [lo] "=w"(lo) : [p] "w"((__u32)skb));
+	i = ((lo >> 8) ^ (lo >> 18)) & (HT_NOMATCH_SLOTS - 1);
 	return bpf_map_lookup_elem(&nomatch, &i);
 }
 
