@@ -62,7 +62,9 @@ def add_drop(lab: Lab, variant: str) -> tuple[str, str, str]:
         ):
             lab.exec("n2", ["nft", cmd], check=True)
         return "nft_do_chain", NFT_TABLE, NFT_CHAIN
-    r = lab.exec("n2", [tool, "-A", "FORWARD", "-d", b1, "-p", "icmp", "-j", "DROP"])
+    # first in FORWARD: the lab's Flannel rules (FLANNEL-FWD, iptables-restore: the nf_tables
+    # backend) accept pod traffic, and an ACCEPT ends the table: an appended DROP never runs
+    r = lab.exec("n2", [tool, "-I", "FORWARD", "1", "-d", b1, "-p", "icmp", "-j", "DROP"])
     if r.returncode != 0:
         pytest.skip(f"{tool} cannot add a rule here: {r.stderr.strip()}")
     version = lab.exec("n2", [tool, "-V"]).stdout
@@ -72,7 +74,14 @@ def add_drop(lab: Lab, variant: str) -> tuple[str, str, str]:
 
 def ping_dropped(lab: Lab) -> None:
     r = lab.exec("a1", ["ping", "-c", "1", "-W", "1", lab.addr("b1")], timeout=15)
-    assert r.returncode != 0, "the ping went through: the DROP rule did not apply"
+    if r.returncode != 0:
+        return
+    rules = "".join(
+        f"\n$ {' '.join(argv)}\n{x.stdout}{x.stderr}"
+        for argv in (["nft", "list", "ruleset"], ["iptables-legacy", "-S"])
+        if shutil.which(argv[0]) and (x := lab.exec("n2", argv))
+    )
+    raise AssertionError(f"the ping went through: the DROP rule did not apply; n2:{rules}")
 
 
 def dropped_chain(chains: list[Chain], lab: Lab) -> Chain:
