@@ -415,6 +415,29 @@ struct {
 	__type(value, struct nf_decision);
 } nf_decisions SEC(".maps");
 
+/*
+ * The nft_do_chain call running on this CPU (its entry program writes it, its exit clears it).
+ * Since 2024 nf_tables frees a dropped packet itself (NF_DROP_REASON: kfree_skb_reason inside
+ * nft_do_chain, which then returns NF_STOLEN; in 6.12 and later, and in the 6.1 stable series
+ * the VM matrix runs), so at its return the skb is gone and the kfree_skb came first: that
+ * kfree_skb takes table and chain from here. A nested call overwrites the slot; the outer
+ * call's drop then names no table (skb mismatch), never a wrong one.
+ */
+struct nft_inflight {
+	__u64 skb;
+	__u64 chain; /* struct nft_chain *: the base chain */
+	__u64 state; /* const struct nf_hook_state * */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nft_inflight);
+} nft_inflights SEC(".maps");
+
+static __always_inline struct nf_decision *nft_inflight_decision(__u64 key);
+
 struct hook_info {
 	__u16 probe;
 	__u8 nf_hook;
@@ -547,7 +570,7 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi, con
 		if (!d && tr && hi->probe == HT_PROBE_KFREE_SKB) {
 			d = bpf_map_lookup_elem(&nf_decisions, &zero);
 			if (d && d->skb != key)
-				d = NULL;
+				d = nft_inflight_decision(key); /* freed inside nft_do_chain */
 		}
 		if (d) {
 			e->verdict = d->verdict;
@@ -968,6 +991,63 @@ static __always_inline int nft_decided(struct nft_pktinfo *pkt, void *priv, __u3
 	return nf_decided(skb, st, d, HT_PROBE_NFT_DO_CHAIN, false, direct);
 }
 
+static __always_inline void nft_enter(struct sk_buff *skb, void *chain, const void *state)
+{
+	__u32 zero = 0;
+	struct nft_inflight *f = bpf_map_lookup_elem(&nft_inflights, &zero);
+
+	if (!f)
+		return;
+	f->skb = (__u64)skb;
+	f->chain = (__u64)chain;
+	f->state = (__u64)state;
+}
+
+static __always_inline void nft_leave(struct sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct nft_inflight *f = bpf_map_lookup_elem(&nft_inflights, &zero);
+
+	if (f && f->skb == (__u64)skb)
+		f->skb = 0;
+}
+
+/* the decision of the nft_do_chain call that is freeing ``key`` right now, or NULL */
+static __always_inline struct nf_decision *nft_inflight_decision(__u64 key)
+{
+	__u32 zero = 0;
+	struct nft_inflight *f = bpf_map_lookup_elem(&nft_inflights, &zero);
+	struct nf_decision *d;
+	struct nft_chain *c;
+	const struct nf_hook_state *st;
+	const char *name;
+
+	if (!f || !key || f->skb != key)
+		return NULL;
+	d = bpf_map_lookup_elem(&nf_decisions, &zero);
+	if (!d)
+		return NULL;
+	c = (struct nft_chain *)f->chain;
+	st = (const struct nf_hook_state *)f->state;
+	f->skb = 0;
+	d->skb = key;
+	d->verdict = HT_NF_DROP;
+	d->hook = BPF_CORE_READ(st, hook);
+	d->pf = BPF_CORE_READ(st, pf);
+	name = BPF_CORE_READ(c, table, name);
+	bpf_probe_read_kernel_str(d->table, sizeof(d->table), name);
+	name = BPF_CORE_READ(c, name);
+	bpf_probe_read_kernel_str(d->chain, sizeof(d->chain), name);
+	return d;
+}
+
+SEC("fentry/nft_do_chain")
+int BPF_PROG(fe_nft_do_chain, struct nft_pktinfo *pkt, void *priv)
+{
+	nft_enter(pkt->skb, priv, pkt->state);
+	return 0;
+}
+
 SEC("fexit/ipt_do_table")
 int BPF_PROG(fx_ipt_do_table, void *priv, struct sk_buff *skb, const struct nf_hook_state *state,
 	     unsigned int ret)
@@ -985,6 +1065,7 @@ int BPF_PROG(fx_ip6t_do_table, void *priv, struct sk_buff *skb, const struct nf_
 SEC("fexit/nft_do_chain")
 int BPF_PROG(fx_nft_do_chain, struct nft_pktinfo *pkt, void *priv, unsigned int ret)
 {
+	nft_leave(pkt->skb);
 	return nft_decided(pkt, priv, ret, true);
 }
 
@@ -1012,7 +1093,10 @@ XT_KRETPROBES(ip6t_do_table, HT_PROBE_IP6T_DO_TABLE)
 SEC("kprobe/nft_do_chain")
 int BPF_KPROBE(kpe_nft_do_chain, void *pkt, void *priv)
 {
+	struct nft_pktinfo *p = pkt;
+
 	args_push(HT_PROBE_NFT_DO_CHAIN, (__u64)pkt, (__u64)priv, 0);
+	nft_enter(BPF_CORE_READ(p, skb), priv, BPF_CORE_READ(p, state));
 	return 0;
 }
 
@@ -1023,6 +1107,7 @@ int BPF_KRETPROBE(kr_nft_do_chain, unsigned int ret)
 
 	if (!args_pop(HT_PROBE_NFT_DO_CHAIN, a))
 		return 0;
+	nft_leave(BPF_CORE_READ((struct nft_pktinfo *)a[0], skb));
 	return nft_decided((struct nft_pktinfo *)a[0], (void *)a[1], ret, false);
 }
 

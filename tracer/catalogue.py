@@ -41,7 +41,8 @@ class Mechanism:
     target: str = ""  # kernel function or tracepoint
     how: str = ""  # for inferred: from which events
     check_at: str = ""  # the function capabilities.py tries, when target names more than one
-    entry: str = ""  # kretprobe: the kprobe program attached with it (saves the arguments)
+    entry: str = ""  # a program attached with it at the function's entry (kretprobe: saves
+    # the arguments; fexit nft_do_chain: remembers the chain while the call runs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +151,10 @@ CATALOGUE: tuple[ProbePoint, ...] = (
         "HT_PROBE_NFT_DO_CHAIN",
         "nf-table",
         False,
-        _ret("nft_do_chain"),
+        (  # the entry program remembers the chain: newer kernels free a drop inside the call
+            Mechanism(Mech.FEXIT, "fx_nft_do_chain", "nft_do_chain", entry="fe_nft_do_chain"),
+            _ret("nft_do_chain")[1],
+        ),
         "an nftables base chain (iptables-nft too) returned a verdict other than ACCEPT",
     ),
     ProbePoint(
