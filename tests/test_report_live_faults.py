@@ -97,11 +97,16 @@ def report(trace_file: Path) -> dict[str, Any]:
     return dict(json.loads(r.stdout))
 
 
+#: Findings about time, which depends on the machine: under emulation (the VM tier) a new
+#: connection's conntrack work in PRE_ROUTING takes ~600 us, and slow-rules names that hook.
+TIMING = {"slow-rules", "latency"}
+
+
 def only(rep: dict[str, Any], rule: str) -> list[dict[str, Any]]:
-    """The findings, after checking that every one of them is ``rule``."""
-    found = rep["diagnosis"]
+    """The findings of ``rule``, after checking that no other rule (timing aside) fired."""
+    found = [f for f in rep["diagnosis"] if f["rule"] not in TIMING or f["rule"] == rule]
     assert found and {f["rule"] for f in found} == {rule}, json.dumps(found, indent=1)
-    return list(found)
+    return found
 
 
 def test_vxlan_to_a_port_nobody_listens_on(lab: Lab, tmp_path: Path) -> None:
@@ -156,7 +161,8 @@ def test_neighbour_resolution_fails(lab: Lab, tmp_path: Path) -> None:
     (drop,) = rep["drops"]
     assert (drop["netns"], drop["ifname"], drop["reason"], drop["packets"]) == (
         n1, "flannel.1", "NEIGH_FAILED", 3)
-    (f,) = only(rep, "neighbour")  # and no "latency" finding for the ARP wait
+    (f,) = only(rep, "neighbour")
+    assert "latency" not in {x["rule"] for x in rep["diagnosis"]}  # the ARP wait is no latency
     assert f["title"].startswith(f"Neighbour (ARP/NDP) resolution fails on flannel.1 in "
                                  f"netns {n1}")
     ev = f["evidence"][0]
@@ -231,7 +237,8 @@ def test_conntrack_entry_expires_while_idle(lab: Lab, tmp_path: Path) -> None:
     out = traced(lab, tmp_path / "clean", f"tcp port {PORT}",
                  lambda: clean.append(idle_exchange(lab, idle)))
     assert clean == ["after"]
-    assert report(out)["diagnosis"] == []
+    rep = report(out)
+    assert rep["drops"] == [] and {f["rule"] for f in rep["diagnosis"]} <= TIMING, rep
 
     before = inject(lab, "conntrack")
     n2 = lab.netns("n2")
