@@ -14,13 +14,15 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPVS, IPRoute, IPVSDest, IPVSService, netns
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import GRE_KEY
 from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
 
@@ -31,6 +33,7 @@ from tracer.lab.spec import Topology, Tunnel
 NETNS_DIR = "/run/netns"
 FALLBACK_TUNNELS = ("tunl0", "gre0")  # made in every netns by the ipip / ip_gre modules
 COMMAND_TIMEOUT = 15.0  # seconds for each sysctl/iptables/nft call
+IP_VS_CONN_F_MASQ = 0  # IPVS forwarding method: NAT (ipvsadm -m), what kube-proxy uses
 
 
 def require_root() -> None:
@@ -156,6 +159,7 @@ class Applier:
             self.add_neighbours,
             self.apply_sysctls,
             self.run_commands,
+            self.add_ipvs,
             self.start_daemons,
         ]
 
@@ -244,6 +248,9 @@ class Applier:
             kw[f"{key}_remote"] = tn.remote
         if tn.underlay:
             kw[f"{key}_link"] = self.index(tn.ns, tn.underlay)
+        if tn.kind == "gre" and tn.key is not None:
+            kw |= {"gre_ikey": tn.key, "gre_okey": tn.key}
+            kw |= {"gre_iflags": GRE_KEY, "gre_oflags": GRE_KEY}
         return kw
 
     def configure_links(self) -> None:
@@ -344,6 +351,24 @@ class Applier:
 
     def start_daemons(self) -> None:
         procs.start(self.topo.daemons, self.prefix, procs.state_dir(self.prefix, self.topo.name))
+
+    def add_ipvs(self) -> None:
+        """IPVS services and their real servers, over generic netlink in each namespace."""
+        for svc in self.topo.ipvs:
+            name = self.name(svc.ns)
+            what = f"add IPVS service {svc.vip}:{svc.port} in {name}"
+            with step(what), IPVS(netns=name, flags=0) as ipvs:
+                service = IPVSService(
+                    addr=svc.vip,
+                    port=svc.port,
+                    protocol=socket.IPPROTO_TCP,
+                    sched_name=svc.scheduler,
+                )
+                ipvs.service("add", service=service)
+                for real in svc.reals:
+                    ip, _, port = real.rpartition(":")
+                    dest = IPVSDest(addr=ip, port=int(port), fwd_method=IP_VS_CONN_F_MASQ)
+                    ipvs.dest("add", service=service, dest=dest)
 
     def run_commands(self) -> None:
         for c in self.topo.commands:

@@ -25,6 +25,7 @@ from tracer.lab.spec import (
     Daemon,
     Dummy,
     Fdb,
+    IpvsService,
     Macvlan,
     Namespace,
     Neighbour,
@@ -78,6 +79,7 @@ class Draft:
     fdb: list[Fdb] = dataclasses.field(default_factory=list)
     sysctls: list[Sysctl] = dataclasses.field(default_factory=list)
     commands: list[Command] = dataclasses.field(default_factory=list)
+    ipvs: list[IpvsService] = dataclasses.field(default_factory=list)
     daemons: list[Daemon] = dataclasses.field(default_factory=list)
 
     def freeze(self, name: str, summary: str, picture: str, **extra: Any) -> Topology:

@@ -37,6 +37,7 @@ def device_lines(topo: Topology, short: str) -> list[str]:
                 f"{k} {v}" for k, v in (("local", tn.local), ("remote", tn.remote)) if v
             )
             vni = f" id {tn.vni}" if tn.vni is not None else ""
+            vni += f" key {tn.key}" if tn.key is not None else ""
             what[tn.ifname] = f"{tn.kind}{vni} {ends}".rstrip()
     for dummy in topo.dummies:
         if dummy.ns == short:
@@ -64,6 +65,10 @@ def device_lines(topo: Topology, short: str) -> list[str]:
     for f in topo.fdb:
         if f.ns == short:
             lines.append(f"    fdb {f.lladdr} dev {f.ifname} dst {f.dst}")
+    for v in topo.ipvs:
+        if v.ns == short:
+            reals = " ".join(v.reals)
+            lines.append(f"    ipvs TCP {v.vip}:{v.port} {v.scheduler} -> {reals} (masq)")
     for d in topo.daemons:
         if d.ns == short:
             lines.append(f"    daemon {d.program} {' '.join(d.args)}")

@@ -21,12 +21,15 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tracer.errors import LabError
 from tracer.lab.spec import FEATURE_CONFIG
 
-# What a probe device of each kind needs to be accepted (parameters, not features).
+# What a probe device of each kind needs to be accepted (parameters, not features). IPIP and
+# GRE get a remote end (TEST-NET-1, never used: the device stays down) because loading their
+# module makes a fallback device (tunl0, gre0) with no ends in every namespace, and a second
+# tunnel with the same ends is refused (EEXIST).
 _PROBE_ARGS: dict[str, dict[str, Any]] = {
     "bridge": {},
     "vxlan": {"vxlan_id": 1, "vxlan_port": 8472},
-    "ipip": {},
-    "gre": {},
+    "ipip": {"ipip_remote": "192.0.2.1"},
+    "gre": {"gre_remote": "192.0.2.1"},
     "geneve": {"geneve_id": 1, "geneve_remote": "192.0.2.1"},
     "dummy": {},
     "tuntap": {"mode": "tun"},

@@ -17,7 +17,15 @@ import hashlib
 
 from tracer.lab.build import CLUSTER_CIDR, Draft, restore
 from tracer.lab.flannel import FLANNEL_VXLAN_PICTURE, THREE_NODES, flannel_draft
-from tracer.lab.spec import Address, Command, Daemon, Dummy, FaultTargets, Sysctl, Topology
+from tracer.lab.spec import (
+    Address,
+    Daemon,
+    Dummy,
+    FaultTargets,
+    IpvsService,
+    Sysctl,
+    Topology,
+)
 
 SERVICE_IP = "10.96.0.10"
 SERVICE_PORT = 80
@@ -139,7 +147,7 @@ def kube_proxy() -> Topology:
 
 
 def kube_proxy_ipvs() -> Topology:
-    """flannel-vxlan plus kube-proxy in IPVS mode (needs CONFIG_IP_VS, dummy, ipvsadm)."""
+    """flannel-vxlan plus kube-proxy in IPVS mode (needs CONFIG_IP_VS and dummy devices)."""
     d = flannel_draft("vxlan", THREE_NODES)
     endpoints = _with_backends(d)
     for n in THREE_NODES:
@@ -147,10 +155,9 @@ def kube_proxy_ipvs() -> Topology:
         d.dummies.append(Dummy(node, "kube-ipvs0"))
         d.addresses.append(Address(node, "kube-ipvs0", f"{SERVICE_IP}/32"))
         d.sysctls.append(Sysctl(node, "net.ipv4.vs.conntrack", "1"))
-        for vip in (f"{SERVICE_IP}:{SERVICE_PORT}", f"192.168.77.{n}:{NODE_PORT}"):
-            d.commands.append(Command(node, ("ipvsadm", "-A", "-t", vip, "-s", "rr")))
-            for ep in endpoints:
-                d.commands.append(Command(node, ("ipvsadm", "-a", "-t", vip, "-r", ep, "-m")))
+        for vip in (SERVICE_IP, f"192.168.77.{n}"):
+            port = SERVICE_PORT if vip == SERVICE_IP else NODE_PORT
+            d.ipvs.append(IpvsService(node, vip, port, tuple(endpoints)))
         d.commands.append(
             restore(
                 node,
@@ -162,6 +169,5 @@ def kube_proxy_ipvs() -> Topology:
         "ipvs",
         f"kube-proxy IPVS on flannel-vxlan: {SERVICE_IP}:{SERVICE_PORT} -> a2, b1",
         IPVS_PICTURE,
-        requires=("ipvs",),
         faults=FaultTargets(pair=("a1", "b1"), service=f"{SERVICE_IP}:{SERVICE_PORT}"),
     )

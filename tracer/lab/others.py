@@ -35,6 +35,8 @@ from tracer.lab.spec import (
 )
 
 WEAVE_PORT = 6784
+GENEVE_VNI = 1
+GRE_KEY = 42  # a keyed GRE tunnel (RFC 2890): the key is on the wire in both directions
 WEAVE_MTU = 1376  # Weave's default for the fast datapath
 WEAVE_PODS = {1: [("a1", "10.32.0.2"), ("a2", "10.32.0.3")], 2: [("b1", "10.44.0.1")]}
 WEAVE_BRIDGE_IP = {1: "10.32.0.1", 2: "10.44.0.0"}
@@ -184,7 +186,7 @@ def _tunnelled(kind: Literal["geneve", "gre"]) -> Topology:
                     "genev_sys_6081",
                     "geneve",
                     remote=f"{UNDERLAY}.{m}",
-                    vni=1,
+                    vni=GENEVE_VNI,
                     port=6081,
                     mac=lab_mac(0x6E, 0, n),
                     mtu=1400,
@@ -213,6 +215,7 @@ def _tunnelled(kind: Literal["geneve", "gre"]) -> Topology:
                     remote=f"{UNDERLAY}.{m}",
                     underlay="eth0",
                     mtu=1400,
+                    key=GRE_KEY,
                 )
             )
             d.addresses.append(Address(node, "gre1", f"10.244.{n}.0/32"))
@@ -230,10 +233,10 @@ def _tunnelled(kind: Literal["geneve", "gre"]) -> Topology:
         picture = TUNNEL_PICTURE.format(
             dev1="gre1 10.244.1.0/32",
             dev2="gre1 10.244.2.0/32",
-            how1="GRE 192.168.77.1 -> .2",
-            how2="GRE 192.168.77.2 -> .1",
+            how1=f"GRE key {GRE_KEY} -> 192.168.77.2",
+            how2=f"GRE key {GRE_KEY} -> 192.168.77.1",
         )
-        summary = "pod subnets routed over a GRE tunnel, 2 nodes"
+        summary = f"pod subnets routed over a GRE tunnel (key {GRE_KEY}), 2 nodes"
     return d.freeze(kind, summary, picture, faults=FaultTargets(pair=("a1", "b1")))
 
 

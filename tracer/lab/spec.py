@@ -94,7 +94,8 @@ class Macvlan:
 class Tunnel:
     """A point-to-point or Geneve tunnel device: ``ipip``, ``gre`` or ``geneve``.
 
-    ``remote`` is the far end (Geneve: the remote VTEP); ``vni``/``port`` are Geneve's.
+    ``remote`` is the far end (Geneve: the remote VTEP); ``vni``/``port`` are Geneve's,
+    ``key`` is GRE's.
     """
 
     ns: str
@@ -107,6 +108,7 @@ class Tunnel:
     port: int | None = None
     mac: str | None = None
     mtu: int | None = None
+    key: int | None = None  # GRE: the key (RFC 2890) both ways; None: no key
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,20 @@ class Dummy:
 
 
 @dataclass(frozen=True, slots=True)
+class IpvsService:
+    """An IPVS virtual service, as kube-proxy's IPVS mode makes one per Service port: TCP
+    ``vip:port`` scheduled by ``scheduler`` to ``reals`` (``ip:port``) with masquerade (NAT)
+    forwarding. Made through IPVS's generic netlink family (pyroute2), like ``ipvsadm -A -t
+    VIP:PORT -s rr`` and ``ipvsadm -a -t VIP:PORT -r REAL -m``."""
+
+    ns: str
+    vip: str
+    port: int
+    reals: tuple[str, ...]
+    scheduler: str = "rr"
+
+
+@dataclass(frozen=True, slots=True)
 class FaultTargets:
     """Where a lab's faults aim (see :mod:`tracer.lab.faults`). Short names throughout.
 
@@ -258,6 +274,7 @@ class Topology:
     fdb: tuple[Fdb, ...] = ()
     sysctls: tuple[Sysctl, ...] = ()
     commands: tuple[Command, ...] = ()
+    ipvs: tuple[IpvsService, ...] = ()
     daemons: tuple[Daemon, ...] = ()
     requires: tuple[str, ...] = ()  # features beyond the devices' kinds (e.g. "ipvs")
     faults: FaultTargets = field(default_factory=FaultTargets)
@@ -277,6 +294,8 @@ class Topology:
         need += [t.kind for t in self.tunnels]
         if self.dummies:
             need.append("dummy")
+        if self.ipvs:
+            need.append("ipvs")
         need += list(self.requires)
         return tuple(dict.fromkeys(need))
 
@@ -335,7 +354,7 @@ class Topology:
                 found.append(f"{what}: no interface {ifname} in {where}")
         others = [r.ns for r in self.routes] + [s.ns for s in self.sysctls]
         others += [c.ns for c in self.commands] + [v.peer_ns for v in self.veths]
-        others += [d.ns for d in self.daemons]
+        others += [d.ns for d in self.daemons] + [v.ns for v in self.ipvs]
         pair = self.faults.pair or ()
         others += [*pair, *(self.faults.loose_rpf or ())[:1]]
         others += [self.faults.rpf_client] if self.faults.rpf_client else []
