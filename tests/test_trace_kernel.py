@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.tracing import chains_of, hoptrace, require_kernel, tracing
+from tracer.capabilities import choose_all
+from tracer.catalogue import Mech
 from tracer.chains import Chain, render
 from tracer.hops import HopKind
 from tracer.lab import Lab
+from tracer.loader import NF_HOOKS, NFPROTO
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(90)]
 
@@ -104,26 +107,38 @@ def test_ping_across_nodes_follows_every_hop(vxlan_lab: Lab, tmp_path: Path) -> 
     assert trace.summary["lost"] == {}
 
 
+def start_echo_server(lab: Lab, pod: str, port: int) -> subprocess.Popen[str]:
+    """A one-shot TCP echo server in ``pod``, returned once it listens. Bounded by itself (it
+    gives up 60 s after it started listening) and by ``timeout 90`` around it, so it outlasts
+    a tracer start-up under emulation (15-25 s) but never the test."""
+    code = (
+        "import socket,sys\n"
+        f"s=socket.create_server(('0.0.0.0',{port})); s.settimeout(60)\n"
+        "print('listening', flush=True)\n"
+        "c,_=s.accept(); c.settimeout(10); c.sendall(c.recv(100)); c.close()"
+    )
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", lab.netns(pod), "timeout", "90", "python3", "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    ready = server.stdout.readline()  # python3 -c exits (EOF) if it cannot listen
+    if ready.strip() != "listening":
+        server.kill()
+        server.wait()
+        raise AssertionError(f"echo server in {pod} did not start (exit {server.poll()})")
+    return server
+
+
+@pytest.mark.timeout(240)  # the tracer alone takes 15-25 s to start under emulation
 def test_tcp_connection_across_nodes(vxlan_lab: Lab, tmp_path: Path) -> None:
     lab = vxlan_lab
     a1, b1 = lab.addr("a1"), lab.addr("b1")
-    server = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.netns("b1"),
-            "timeout",
-            "15",
-            "python3",
-            "-c",
-            "import socket; s=socket.create_server(('0.0.0.0', 8080)); c,_=s.accept(); "
-            "c.sendall(c.recv(100)); c.close()",
-        ],
-    )
-    try:
-        time.sleep(0.3)
-        with tracing(tmp_path, "tcp port 8080", "--netns", lab_netns(lab)) as run:
+    with tracing(tmp_path, "tcp port 8080", "--netns", lab_netns(lab)) as run:
+        # started once the tracer is attached: its lifetime does not include the start-up
+        server = start_echo_server(lab, "b1", 8080)
+        try:
             client = lab.exec(
                 "a1",
                 [
@@ -138,10 +153,10 @@ def test_tcp_connection_across_nodes(vxlan_lab: Lab, tmp_path: Path) -> None:
             )
             assert client.returncode == 0, client.stderr
             time.sleep(0.3)
-            trace = run.stop()
-    finally:
-        server.kill()
-        server.wait()
+            trace = run.stop(timeout=60)
+        finally:
+            server.kill()
+            server.wait()
     chains = [c for c in chains_of(trace) if c.first.decoded and c.first.decoded.inner]
     syn = next(
         c
@@ -347,20 +362,31 @@ def existing_links() -> set[int]:
     return {link["id"] for link in json.loads(out or "[]")}
 
 
+def expected_links(namespaces: int) -> int:
+    """Links a tracer holds with the mechanisms doctor chooses here: one per attached program
+    (tracepoint, fentry/fexit, kprobe), and for netfilter-link programs one per family and
+    hook in each traced namespace."""
+    chosen = [c.chosen for c in choose_all() if c.chosen and c.chosen.program]
+    nf = len({m.program for m in chosen if m.kind == Mech.NETFILTER})
+    other = sum(1 for m in chosen if m.kind != Mech.NETFILTER)
+    return other + nf * len(NFPROTO) * len(NF_HOOKS) * namespaces
+
+
+@pytest.mark.timeout(300)  # three tracer start-ups
 def test_nothing_stays_attached(vxlan_lab: Lab, tmp_path: Path) -> None:
     # Other tracers may run on the machine: follow only the links this test's tracer made.
     lab = vxlan_lab
+    want = expected_links(len(lab.namespaces()))
     for how in ("SIGINT", "SIGTERM", "SIGKILL"):
         with tracing(tmp_path, "icmp", "--netns", lab_netns(lab)) as run:
             mine = links_held_by(run.proc.pid)
-            # 4 tracepoints + 2 programs x 2 families x 5 hooks in each of 5 namespaces
-            assert len(mine) == 4 + 2 * 2 * 5 * len(lab.namespaces()), len(mine)
+            assert len(mine) == want, (len(mine), want)
             ping(lab, "a1", lab.addr("b1"))
             if how == "SIGINT":
-                run.stop()
+                run.stop(timeout=60)
             else:
                 run.proc.send_signal(getattr(signal, how))
-                run.proc.wait(timeout=10)
+                run.proc.wait(timeout=60)
                 if how == "SIGTERM":
                     assert run.proc.returncode == 0
                 run.trace = object()  # type: ignore[assignment]  # nothing to read

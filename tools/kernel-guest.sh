@@ -13,19 +13,12 @@ set -u
 HOST=${KT_HOST_DIR:-/host}
 W=/tmp/ht
 # The kernel tests, minus those about user-space behaviour that the host tier already proves
-# (each costs 15-30 s of Python start-up here): bad input, not root, --count. Deselected because
-# the test itself does not fit a capable or emulated kernel (docs/kernels.md, "Deselected"):
-# - test_tcp_connection_across_nodes: its server runs under `timeout 15`, which expires while
-#   the tracer starts (15-25 s under TCG): connection refused;
-# - test_nothing_stays_attached: expects exactly 4 + 20 links per netns, true only where the
-#   netfilter hooks are links; tests/guest/test_mechanisms.py checks detaching on every kernel.
+# (each costs 15-30 s of Python start-up here): bad input, not root, --count.
 T=tests/test_trace_kernel.py
 DEFAULT_TESTS=(tests/test_trace_kernel.py tests/guest
   --deselect $T::test_bad_input_fails_before_attaching
   --deselect $T::test_not_root_is_a_clear_error
-  --deselect $T::test_count_stops_after_n_packets
-  --deselect $T::test_tcp_connection_across_nodes
-  --deselect $T::test_nothing_stays_attached)
+  --deselect $T::test_count_stops_after_n_packets)
 stamp() { echo "@@time $1 $(cut -d' ' -f1 /proc/uptime)"; }
 section() {  # section NAME CMD...: the command's output between markers
   local name=$1; shift
