@@ -46,7 +46,8 @@ MATRIX = {
     "7.3": "trixie-backports/linux-image-amd64",
 }
 # Debian packages the guest tests need beyond run.sh's base set (iptables, nftables: the FORWARD
-# DROP tests)
+# DROP tests; iptables: the IPVS lab's MASQUERADE rule; IPVS itself is configured with pyroute2,
+# no ipvsadm). KT_EXTRA_PACKAGES in the caller's environment adds more ("ipvsadm" to look around).
 GUEST_APT = "iptables nftables"
 # Python packages for the guest: pyproject's runtime dependencies and the pytest plugins the
 # kernel tests use, with everything they require, at the venv's exact versions (the guest runs
@@ -160,7 +161,8 @@ def prepare_site() -> tuple[Path, float]:
 
 
 def kt_env() -> dict[str, str]:
-    return {**os.environ, "KT_EXTRA_PACKAGES": GUEST_APT}
+    extra = os.environ.get("KT_EXTRA_PACKAGES", "").split()
+    return {**os.environ, "KT_EXTRA_PACKAGES": " ".join(dict.fromkeys([GUEST_APT, *extra]))}
 
 
 def sections(text: str) -> dict[str, str]:
