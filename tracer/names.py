@@ -91,6 +91,11 @@ class Device:
 
 # devices whose IFLA_LINK names another device, possibly in another namespace
 LINKED_KINDS = ("veth", "macvlan", "ipvlan")
+# Kinds whose module puts a fallback device (tunl0, gre0, gretap0, erspan0, sit0, ip6tnl0, ...)
+# in every namespace once loaded, pods included. Down, it carries nothing and says nothing
+# about the namespace: it is left out, or every pod would look like a tunnelling node.
+FALLBACK_KINDS = ("ipip", "gre", "gretap", "erspan", "sit", "ip6tnl", "ip6gre", "ip6gretap")
+IFF_UP = 1
 
 
 def _nsid_names(ipr: Any, wanted: set[int], candidates: Sequence[Netns]) -> dict[int, str]:
@@ -130,6 +135,8 @@ def devices(ns: Netns, others: Sequence[Netns] = ()) -> dict[int, Device]:
             for link in links:
                 info = link.get_attr("IFLA_LINKINFO")
                 kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
+                if kind in FALLBACK_KINDS and not link["flags"] & IFF_UP:
+                    continue
                 data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
                 port = 0
                 if kind in ("vxlan", "geneve") and data is not None:
