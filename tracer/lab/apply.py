@@ -212,14 +212,20 @@ class Applier:
                     if m.kind == "macvlan"
                     else {"ipvlan_mode": ("l2", "l3", "l3s").index(m.mode)}
                 )
-                self.ipr(m.parent_ns).link(
+                # Made under a temporary name next to its parent, then moved into the pod and
+                # renamed, as the CNI plugins do: a child named like its parent (eth0 on eth0)
+                # made straight in the pod is refused by ipvlan (EEXIST, seen on 6.12).
+                tmp = f"ht{m.kind[:2]}-{m.ns}"[:15]
+                parent = self.ipr(m.parent_ns)
+                parent.link(
                     "add",
-                    ifname=m.ifname,
+                    ifname=tmp,
                     kind=m.kind,
                     link=self.index(m.parent_ns, m.parent),
-                    net_ns_fd=self.name(m.ns),
                     **mode,
                 )
+                parent.link("set", index=self.index(m.parent_ns, tmp), net_ns_fd=self.name(m.ns))
+                self.ipr(m.ns).link("set", index=self.index(m.ns, tmp), ifname=m.ifname)
         for x in t.vxlans:
             with step(f"add vxlan {x.ifname} in {self.name(x.ns)}"):
                 self.ipr(x.ns).link(
