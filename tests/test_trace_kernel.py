@@ -365,10 +365,11 @@ def existing_links() -> set[int]:
 def expected_links(namespaces: int) -> int:
     """Links a tracer holds with the mechanisms doctor chooses here: one per attached program
     (tracepoint, fentry/fexit, kprobe), and for netfilter-link programs one per family and
-    hook in each traced namespace."""
+    hook in each traced namespace (the tracer's own choice: tracer.capabilities.choose_all)."""
     chosen = [c.chosen for c in choose_all() if c.chosen and c.chosen.program]
     nf = len({m.program for m in chosen if m.kind == Mech.NETFILTER})
-    other = sum(1 for m in chosen if m.kind != Mech.NETFILTER)
+    # a kretprobe comes with its entry kprobe (Mechanism.entry): two links
+    other = sum(1 + bool(m.entry) for m in chosen if m.kind != Mech.NETFILTER)
     return other + nf * len(NFPROTO) * len(NF_HOOKS) * namespaces
 
 
