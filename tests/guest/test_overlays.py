@@ -184,7 +184,10 @@ def first_seen_on_receiver(lab: Lab, a1: str, b1: str) -> tuple[str, str, object
 
 @pytest.mark.parametrize("t", TUNNELS, ids=[t.lab for t in TUNNELS])
 def test_tunnel_traced_end_to_end(
-    t: Tunnelled, make_lab: Callable[..., Lab], tmp_path: Path
+    t: Tunnelled,
+    make_lab: Callable[..., Lab],
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     lab = overlay_lab(make_lab, t.lab)
     a1, a2, b1 = lab.addr("a1"), lab.addr("a2"), lab.addr("b1")
@@ -196,7 +199,9 @@ def test_tunnel_traced_end_to_end(
         ping(lab, "a1", a2)
 
     chains = trace(lab, tmp_path, f"icmp and src host {a1}", traffic)
-    check_tunnel(t, lab, find(chains, a1, b1), a1, b1)
+    cross = find(chains, a1, b1)
+    record_property("chain", render(cross))  # kept per kernel in the VM tier's JUnit XML
+    check_tunnel(t, lab, cross, a1, b1)
     # same node: never encapsulated, never on the underlay
     same = find(chains, a1, a2)
     assert not any(s.decoded and s.decoded.tunnels for s in same.steps), render(same)
@@ -209,7 +214,11 @@ def test_tunnel_traced_end_to_end(
     assert (decoded.inner.src, decoded.inner.dst) == (a1, b1)  # type: ignore[attr-defined]
 
 
-def test_ipvlan_pod_to_pod(make_lab: Callable[..., Lab], tmp_path: Path) -> None:
+def test_ipvlan_pod_to_pod(
+    make_lab: Callable[..., Lab],
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
     """ipvlan L2: pods share their node's MAC; across nodes the packet leaves through the
     parent (n1's eth0) onto the underlay switch and is handed by n2's eth0 to pod b1; on one
     node the ipvlan driver delivers it straight to the other pod, never through the parent's
@@ -225,6 +234,9 @@ def test_ipvlan_pod_to_pod(make_lab: Callable[..., Lab], tmp_path: Path) -> None
 
     chains = trace(lab, tmp_path, f"icmp and src host {a1}", traffic)
     cross = find(chains, a1, b1)
+    same = find(chains, a1, a2)
+    record_property("chain", render(cross))
+    record_property("same_node", render(same))
     assert_path(
         lab,
         cross,
@@ -240,8 +252,6 @@ def test_ipvlan_pod_to_pod(make_lab: Callable[..., Lab], tmp_path: Path) -> None
     assert ends_in(cross) == lab.netns("b1") and not cross.dropped, render(cross)
     nodes = (lab.netns("n1"), lab.netns("n2"))
     assert not any(s.hop.kind == H.NETFILTER and s.event.netns in nodes for s in cross.steps)
-    # all three share n1's MAC on the wire: the frame's source is n1's eth0 address
-    same = find(chains, a1, a2)
     assert ends_in(same) == lab.netns("a2") and not same.dropped, render(same)
     assert not any(s.event.netns in (lab.netns("net"), *nodes) for s in same.steps), render(same)
 
@@ -283,7 +293,11 @@ def syn_chains(chains: Sequence[Chain], src: str, dst: str, flags: int) -> list[
     ]
 
 
-def test_ipvs_cluster_ip_nat(make_lab: Callable[..., Lab], tmp_path: Path) -> None:
+def test_ipvs_cluster_ip_nat(
+    make_lab: Callable[..., Lab],
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+) -> None:
     """kube-proxy's IPVS mode: the ClusterIP is local to the node (on kube-ipvs0), IPVS takes
     the SYN at LOCAL_IN and sends it on NATed to a real server (round robin: one connection
     to each backend); the backend's SYN-ACK is NATed back to the ClusterIP on the client's
@@ -322,6 +336,7 @@ def test_ipvs_cluster_ip_nat(make_lab: Callable[..., Lab], tmp_path: Path) -> No
         ]
         assert local_in, render(chain)
         pod = "a2" if backend == lab.addr("a2") else "b1"
+        record_property(f"syn_{pod}", render(chain))
         assert ends_in(chain) == lab.netns(pod) and not chain.dropped, render(chain)
         if pod == "b1":  # to the other node over flannel's VXLAN, NATed before encapsulation
             assert_path(
@@ -339,6 +354,7 @@ def test_ipvs_cluster_ip_nat(make_lab: Callable[..., Lab], tmp_path: Path) -> No
         # the SYN-ACK: from the real server, NATed back to the ClusterIP on n1
         back = syn_chains(chains, backend, a1, 0x12)
         assert back, [render(c) for c in chains]
+        record_property(f"synack_{pod}", render(back[0]))
         unnat = [s for s in back[0].steps if s.change.startswith("NAT ")]
         assert unnat and unnat[0].change == (
             f"NAT {backend}:{TARGET_PORT}>{a1}:{sport} -> "
