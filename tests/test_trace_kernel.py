@@ -243,7 +243,10 @@ def test_no_match_decisions_never_hide_a_matching_packet(vxlan_lab: Lab, tmp_pat
         sent = lab.exec(
             "a1",
             [
-                "timeout", "10", "python3", "-c",
+                "timeout",
+                "10",
+                "python3",
+                "-c",
                 "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                 f"for i in range({n}):\n"
                 f"    s.sendto(b'no' * 20, ('{b1}', 7000))\n"
@@ -362,15 +365,34 @@ def existing_links() -> set[int]:
     return {link["id"] for link in json.loads(out or "[]")}
 
 
-def expected_links(namespaces: int) -> int:
-    """Links a tracer holds with the mechanisms doctor chooses here: one per attached program
-    (tracepoint, fentry/fexit, kprobe), and for netfilter-link programs one per family and
-    hook in each traced namespace (the tracer's own choice: tracer.capabilities.choose_all)."""
-    chosen = [c.chosen for c in choose_all() if c.chosen and c.chosen.program]
-    nf = len({m.program for m in chosen if m.kind == Mech.NETFILTER})
-    # a kretprobe comes with its entry kprobe (Mechanism.entry): two links
-    other = sum(1 + bool(m.entry) for m in chosen if m.kind != Mech.NETFILTER)
-    return other + nf * len(NFPROTO) * len(NF_HOOKS) * namespaces
+def expected_links(namespaces: int) -> list[str]:
+    """The programs of the links a tracer holds with the mechanisms doctor chooses here (the
+    tracer's own choice: tracer.capabilities.choose_all): one link per attached program
+    (tracepoint, fentry/fexit, kprobe; a kretprobe's entry kprobe too), and for netfilter-link
+    programs one per family and hook in each traced namespace."""
+    out: list[str] = []
+    for c in choose_all():
+        m = c.chosen
+        if m is None or not m.program:
+            continue
+        if m.kind == Mech.NETFILTER:
+            out += [m.program] * (len(NFPROTO) * len(NF_HOOKS) * namespaces)
+        else:
+            out += [p for p in (m.entry, m.program) if p]
+    return sorted(out)
+
+
+def link_programs(ids: set[int]) -> list[str]:
+    """The program name behind each of these link ids (bpftool shows 15 characters)."""
+
+    def show(what: str) -> list[dict[str, object]]:
+        out = subprocess.run(
+            ["bpftool", "-j", what, "show"], capture_output=True, text=True, timeout=30
+        ).stdout
+        return list(json.loads(out or "[]"))
+
+    names = {p["id"]: str(p.get("name", "?")) for p in show("prog")}
+    return sorted(names.get(link.get("prog_id"), "?") for link in show("link") if link["id"] in ids)
 
 
 @pytest.mark.timeout(300)  # three tracer start-ups
@@ -381,7 +403,7 @@ def test_nothing_stays_attached(vxlan_lab: Lab, tmp_path: Path) -> None:
     for how in ("SIGINT", "SIGTERM", "SIGKILL"):
         with tracing(tmp_path, "icmp", "--netns", lab_netns(lab)) as run:
             mine = links_held_by(run.proc.pid)
-            assert len(mine) == want, (len(mine), want)
+            assert len(mine) == len(want), (link_programs(mine), want)
             ping(lab, "a1", lab.addr("b1"))
             if how == "SIGINT":
                 run.stop(timeout=60)
