@@ -194,14 +194,15 @@ def _open_hook(chain: Chain) -> str:
 
 
 def render(chain: Chain, verbose: bool = False) -> str:
-    """The chain as text lines that fit 80 columns (nf accept lines only with ``verbose``)."""
+    """The chain as text lines that fit 80 columns (nf accept lines only with ``verbose``, or
+    when the packet changed inside that hook: IPVS un-NATs a reply there)."""
     head = (
         f"packet {chain.node}#{chain.track}: {chain.summary()}  "
         f"[{chain.duration_ns / 1000:.1f}us, {chain.fate()}]"
     )
     lines = [head]
     for s in chain.steps:
-        if s.hop.kind == HopKind.NETFILTER_OUT and not verbose:
+        if s.hop.kind == HopKind.NETFILTER_OUT and not verbose and not s.change:
             continue
         ev = s.event
         note = s.change
