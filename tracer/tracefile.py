@@ -88,7 +88,7 @@ class TraceWriter:
             self._q.put(None)
             self._thread.join()
             self._thread = None
-        else:
+        elif self._q is None:  # a background writer flushed in its thread, once
             self.fp.flush()
         if self._error is not None:
             err, self._error = self._error, None

@@ -191,7 +191,10 @@ def run(args: argparse.Namespace) -> int:
             try:
                 writers[0].close()  # an error ends the run before: what is queued still goes
             finally:
-                out_fp.close()
+                try:
+                    out_fp.close()
+                except OSError:
+                    pass  # its data was flushed by close() above, or its error raised there
 
 
 def _loop(args, probes, topo, writers, expr, ports, stop) -> int:  # type: ignore[no-untyped-def]
