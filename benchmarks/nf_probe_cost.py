@@ -95,7 +95,9 @@ def one(lab, mechs: str, flt: str, drop: bool) -> dict[str, object]:  # type: ig
         raise RuntimeError(f"ping flood failed: {out[-300:]}")
     progs = {}
     for name in sorted(names):
-        key = name[:15]
+        # bpftool names a program by its BTF function name when it has one, else the kernel's
+        # 15-character name
+        key = name if name in after else name[:15]
         ns = after.get(key, (0, 0))[0] - before.get(key, (0, 0))[0]
         cnt = after.get(key, (0, 0))[1] - before.get(key, (0, 0))[1]
         progs[name] = {"calls": cnt, "ns_per_call": round(ns / cnt, 1) if cnt else None,
