@@ -20,7 +20,6 @@ so by default this boots one with tools/kernel_matrix.py's machinery and runs it
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
@@ -193,27 +192,11 @@ python3 benchmarks/allskb_bench.py --here --json --rounds ROUNDS
 
 
 def run_vm(label: str, rounds: int) -> int:
-    sys.path.insert(0, str(ROOT / "tools"))
-    import kernel_matrix as km
+    from trace_common import guest_json
 
-    km.OUT.mkdir(parents=True, exist_ok=True)
-    km.prepare_site()
-    out = ROOT / "build" / "allskb-bench"
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = ["bash", str(km.RUN_SH), "-v", "-t", "3000", "-k", km.MATRIX[label], str(ROOT), "--",
-           "bash", "-c", GUEST.replace("ROUNDS", str(rounds))]
-    with open(km.VM_LOCK, "w") as lock:
-        print(f"allskb_bench: waiting for the VM lock {km.VM_LOCK}", file=sys.stderr)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        p = subprocess.run(cmd, env=km.kt_env(), capture_output=True, text=True, timeout=3600)
-    (out / f"{label}.log").write_text(p.stdout + "\n--- stderr\n" + p.stderr)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        print(f"allskb_bench: the guest run failed ({p.returncode}); see {out}/{label}.log",
-              file=sys.stderr)
+    res = guest_json("allskb-bench", label, GUEST.replace("ROUNDS", str(rounds)), 3000)
+    if res is None:
         return 1
-    res = json.loads(lines[-1])
-    (out / f"{label}.json").write_text(json.dumps(res, indent=2))
     print(report(res))
     return 0
 

@@ -22,7 +22,6 @@ echo requests sent (each request's reply passes the hooks too).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
@@ -158,27 +157,11 @@ python3 benchmarks/nf_probe_cost.py --here --json
 
 
 def run_vm(label: str) -> int:
-    sys.path.insert(0, str(ROOT / "tools"))
-    import kernel_matrix as km
+    from trace_common import guest_json
 
-    km.OUT.mkdir(parents=True, exist_ok=True)
-    km.prepare_site()
-    out = ROOT / "build" / "nf-probe-cost"
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = ["bash", str(km.RUN_SH), "-v", "-t", "1500", "-k", km.MATRIX[label], str(ROOT), "--",
-           "bash", "-c", GUEST]
-    with open(km.VM_LOCK, "w") as lock:
-        print(f"nf_probe_cost: waiting for the VM lock {km.VM_LOCK}", file=sys.stderr)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        p = subprocess.run(cmd, env=km.kt_env(), capture_output=True, text=True, timeout=2000)
-    (out / f"{label}.log").write_text(p.stdout + "\n--- stderr\n" + p.stderr)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        print(f"nf_probe_cost: the guest run failed ({p.returncode}); see {out}/{label}.log",
-              file=sys.stderr)
+    res = guest_json("nf-probe-cost", label, GUEST, 1500)
+    if res is None:
         return 1
-    res = json.loads(lines[-1])
-    (out / f"{label}.json").write_text(json.dumps(res, indent=2))
     print(report(res))
     return 0
 

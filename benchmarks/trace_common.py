@@ -348,3 +348,35 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def guest_json(name: str, label: str, script: str, timeout_s: int) -> dict[str, Any] | None:
+    """Run the bash ``script`` in the VM kernel ``label`` of tools/kernel_matrix.py (taking
+    the machine-wide VM lock, as the kernel tier does) and return the last JSON line it
+    printed, or None if the run failed. The whole output goes to build/NAME/LABEL.log, the
+    result to build/NAME/LABEL.json."""
+    import fcntl
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    import kernel_matrix as km
+
+    km.OUT.mkdir(parents=True, exist_ok=True)
+    km.prepare_site()
+    out = ROOT / "build" / name
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ["bash", str(km.RUN_SH), "-v", "-t", str(timeout_s), "-k", km.MATRIX[label],
+           str(ROOT), "--", "bash", "-c", script]
+    with open(km.VM_LOCK, "w") as lock:
+        print(f"{name}: waiting for the VM lock {km.VM_LOCK}", file=sys.stderr)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        p = subprocess.run(cmd, env=km.kt_env(), capture_output=True, text=True,
+                           timeout=timeout_s + 600)
+    (out / f"{label}.log").write_text(p.stdout + "\n--- stderr\n" + p.stderr)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        print(f"{name}: the guest run failed ({p.returncode}); see {out}/{label}.log",
+              file=sys.stderr)
+        return None
+    res: dict[str, Any] = json.loads(lines[-1])
+    (out / f"{label}.json").write_text(json.dumps(res, indent=2))
+    return res
