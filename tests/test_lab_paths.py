@@ -105,6 +105,9 @@ def trace_lab(
         time.sleep(0.3)
         trace: Trace = run.stop()
     assert trace.summary["lost"] == {}
+    # seen once in CI (calico-routed): a run with no event at all; say what the tracer saw
+    assert trace.events, (f"no events: summary {trace.summary}, netns "
+                          f"{trace.header.get('netns')}, probes {trace.header.get('probes')}")
     return chains_of(trace)
 
 
