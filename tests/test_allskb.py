@@ -114,7 +114,7 @@ def test_func_names_are_the_same_in_both_json_paths() -> None:
     events = namer.events(recs)
     assert [e.func for e in events] == ["vxlan_xmit", "ip_rcv", "__dev_queue_xmit", "", ""]
     assert [e.probe for e in events] == ["func"] * 3 + ["net_dev_queue"] * 2
-    lines = namer.ndjson(recs).splitlines()
+    lines = namer.ndjson(recs).decode().splitlines()
     assert [json.loads(ln) for ln in lines] == [e.to_json() for e in events]
 
 

@@ -76,13 +76,13 @@ def test_ndjson_writes_what_event_to_json_describes(probe_ids: dict[str, int]) -
     namer = Namer(trace.header["node"], probe_ids, {p.enum: p.name for p in CATALOGUE},
                   netns={e.netns_ino: e.netns for e in events})
     recs = records_of(events, probe_ids)
-    lines = namer.ndjson(recs).splitlines()
+    lines = namer.ndjson(recs).decode().splitlines()
     assert len(lines) == len(events)
     for line, ev, named in zip(lines, events, namer.events(recs), strict=True):
         got = json.loads(line)
         assert got == ev.to_json(), (got, ev.to_json())
         assert named == ev  # and the per-event path agrees with both
-    assert namer.ndjson(recs[:0]) == ""
+    assert namer.ndjson(recs[:0]) == b""
 
 
 def test_netfilter_decisions_are_written_only_where_set(probe_ids: dict[str, int]) -> None:
@@ -103,7 +103,7 @@ def test_netfilter_decisions_are_written_only_where_set(probe_ids: dict[str, int
     namer = Namer(trace.header["node"], probe_ids, {p.enum: p.name for p in CATALOGUE},
                   netns={e.netns_ino: e.netns for e in events})
     recs = records_of(events, probe_ids)
-    lines = namer.ndjson(recs).splitlines()
+    lines = namer.ndjson(recs).decode().splitlines()
     named = namer.events(recs)
     for i, (line, ev) in enumerate(zip(lines, events, strict=True)):
         got = json.loads(line)

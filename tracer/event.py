@@ -10,6 +10,7 @@ A trace file is JSON lines: one ``header`` object, then ``event`` and ``lost`` o
 from __future__ import annotations
 
 import functools
+import io
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -109,6 +110,13 @@ def event_from_json(d: dict[str, Any]) -> Event:
 _HEX = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.uint16)
 
 
+def _ndjson_bytes(df: Any) -> bytes:
+    """A polars frame as JSON lines, bytes: kept from str, they go to a binary file as they are."""
+    buf = io.BytesIO()
+    df.write_ndjson(buf)
+    return buf.getvalue()
+
+
 def _hex_rows(mat: np.ndarray) -> Any:
     """Row i -> hex of all of ``mat[i]`` (fixed width; callers cut each row to its length)."""
     import pyarrow as pa
@@ -191,10 +199,10 @@ class Namer:
             self.refresh_netns()
         return self._netns.setdefault(ino, f"netns{ino}")
 
-    def ndjson(self, recs: np.ndarray) -> str:
+    def ndjson(self, recs: np.ndarray) -> bytes:
         """The records as JSON lines ``{"type": "event", ...}`` (docs/event-schema.md), equal
         to ``json.dumps(Event.to_json())`` per event, written column-wise: names are looked up
-        once per distinct value, hex is made by numpy, and polars (Rust) writes the lines.
+        once per distinct value, hex is made by numpy, and polars (Rust) writes the lines (bytes).
         This is the recording path of ``hoptrace trace -o``; it makes no :class:`Event`."""
         # imported here: pandas, pyarrow and polars take ~0.3 s, which every command would pay
         import pandas as pd
@@ -203,7 +211,7 @@ class Namer:
 
         n = len(recs)
         if n == 0:
-            return ""
+            return b""
         probe = recs["probe"]
         is_drop = probe == self._drop_code
         verdict = recs["verdict"].astype(np.int64)
@@ -262,7 +270,7 @@ class Namer:
         assert isinstance(frame, pl.DataFrame)
         df = frame.with_columns(pl.col("hdr").str.slice(0, hex_len))
         if not decided.any():
-            return df.write_ndjson()
+            return _ndjson_bytes(df)
         # rows with a decision (rare: drops and their table events) carry three more keys;
         # written apart and put back in place, so the common rows stay one columnar write
         rows = np.flatnonzero(decided)
@@ -271,10 +279,10 @@ class Namer:
             pl.Series("nf_table", _cstrings(recs["nf_table"][rows]), pl.String),
             pl.Series("nf_chain", _cstrings(recs["nf_chain"][rows]), pl.String),
         )
-        lines = df.write_ndjson().splitlines()
-        for i, line in zip(rows.tolist(), extra.write_ndjson().splitlines(), strict=True):
+        lines = _ndjson_bytes(df).splitlines()
+        for i, line in zip(rows.tolist(), _ndjson_bytes(extra).splitlines(), strict=True):
             lines[i] = line
-        return "\n".join(lines) + "\n"
+        return b"\n".join(lines) + b"\n"
 
     def func_name(self, code: int) -> str:
         """``ht_event.func`` -> the kernel function's name ("" for 0, the curated probes)."""

@@ -28,13 +28,17 @@ class TraceWriter:
     their own, in order, so that a stall in the file system (dirty-page throttling blocks a
     writer for tens of ms at 100+ MB/s) never stops the tracer from draining the ring buffer;
     at most ``QUEUE`` batches wait. :meth:`close` writes what is queued and raises the
-    writer's error, if it had one."""
+    writer's error, if it had one.
+
+    ``fp`` is a binary file: events come as bytes from :meth:`tracer.event.Namer.ndjson`, and
+    a text file would cost ~1 us per event more (TextIOWrapper re-encodes and re-chunks every
+    batch; measured in benchmarks/trace_pipeline.py's notes in docs/benchmarks.md)."""
 
     QUEUE = 8
 
-    def __init__(self, fp: IO[str], background: bool = False) -> None:
+    def __init__(self, fp: IO[bytes], background: bool = False) -> None:
         self.fp = fp
-        self._q: queue.Queue[str | None] | None = None
+        self._q: queue.Queue[bytes | None] | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         if background:
@@ -44,10 +48,10 @@ class TraceWriter:
 
     def _drain(self) -> None:
         assert self._q is not None
-        while (text := self._q.get()) is not None:
+        while (data := self._q.get()) is not None:
             if self._error is None:
                 try:
-                    self.fp.write(text)
+                    self.fp.write(data)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller by close()
                     self._error = exc
         try:
@@ -55,22 +59,22 @@ class TraceWriter:
         except BaseException as exc:  # noqa: BLE001
             self._error = self._error or exc
 
-    def _put(self, text: str) -> None:
+    def _put(self, data: bytes) -> None:
         if self._q is None:
-            self.fp.write(text)
+            self.fp.write(data)
         elif self._error is not None:
             err, self._error = self._error, None
             self._raise(err)
         else:
-            self._q.put(text)
+            self._q.put(data)
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self._put(json.dumps(obj, separators=(",", ":")) + "\n")
+        self._put(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 
     def header(self, **fields: Any) -> None:
         self._write({"type": "header", "schema": SCHEMA_VERSION, **fields})
 
-    def event_lines(self, lines: str) -> None:
+    def event_lines(self, lines: bytes) -> None:
         """Event lines as made by :meth:`tracer.event.Namer.ndjson` (one batch)."""
         self._put(lines)
 

@@ -175,10 +175,10 @@ def run(args: argparse.Namespace) -> int:
         ring_bytes=ring << 20,
         probe_set=args.probes,
     )
-    out_fp: IO[str] | None = args.output.open("w") if args.output else None
+    out_fp: IO[bytes] | None = args.output.open("wb") if args.output else None
     writers = [TraceWriter(out_fp, background=True)] if out_fp else []
     if args.format == "json":
-        writers.append(TraceWriter(sys.stdout))
+        writers.append(TraceWriter(sys.stdout.buffer))
     stop = _StopFlag()
     old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
