@@ -8,8 +8,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from tracer.event import NEW_TRACK, Namer
 from tracer.filter import compile_filter
 from tracer.names import Topology, resolve
 from tracer.tracefile import TraceWriter
+
+T = TypeVar("T")
 
 EXAMPLES = """\
 examples:
@@ -146,6 +149,19 @@ class _StopFlag:
 
     def __call__(self, _sig: int, _frame: object) -> None:
         self.set = True
+
+
+def uninterrupted(work: Callable[[], T], stop: _StopFlag) -> T:
+    """``work()``, done even if a SIGINT lands in it. polars installs a SIGINT handler of its
+    own beside ours (pola-rs/polars#20961) and turns a signal that arrives during its work into
+    KeyboardInterrupt, whatever Python's handler is: a batch being written when the user (or a
+    test) stopped the tracer was lost, though counted. Here that means "stop", and the work is
+    done again."""
+    while True:
+        try:
+            return work()
+        except KeyboardInterrupt:
+            stop.set = True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -274,7 +290,7 @@ def _loop(args, probes, topo, writers, expr, ports, stop) -> int:  # type: ignor
         if not need_chains:  # packets = tracks started (chains count completed ones)
             n_packets += int(np.count_nonzero(recs["flags"] & NEW_TRACK))
         if writers and len(recs):
-            lines = namer.ndjson(recs)
+            lines = uninterrupted(lambda: namer.ndjson(recs), stop)
             for w in writers:
                 w.event_lines(lines)
 
