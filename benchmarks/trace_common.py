@@ -179,14 +179,14 @@ class Tracer:
     """
 
     def __init__(self, flt: str, netns: str, out: bool = True, ring_mib: int = 16,
-                 max_s: float = 300.0, cpu: int | None = None) -> None:
+                 max_s: float = 300.0, cpu: int | None = None, extra: tuple[str, ...] = ()) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="hoptrace-bench-"))
         self.ready = self.tmp / "ready"
         self.out = self.tmp / "trace.jsonl"
         self.err = self.tmp / "stderr"
         self.argv = [PYTHON, "-m", "tracer", "trace", *([flt] if flt else []), "--netns", netns,
                      "--ready-file", str(self.ready), "--duration", f"{max_s:g}",
-                     "--ring-size", str(ring_mib)]
+                     "--ring-size", str(ring_mib), *extra]
         if out:
             self.argv += ["-o", str(self.out)]
         if cpu is not None:  # the tracer alone on one CPU: "events/s on one core"

@@ -2,9 +2,11 @@
 
 Pod a1 (node n1) sends to an iperf3 server in pod b1 (node n2) through veth, bridge and
 Flannel-style VXLAN. Each round runs, for TCP (``-t SECONDS``) and for 64-byte UDP (``-b 0``,
-bounded by time), three configurations back to back: ``off``; ``nomatch``, hoptrace with a
-filter no packet matches (``host 10.250.0.1``); ``all``, hoptrace with no filter. The order
-rotates each round so drift on the shared machine does not favour one configuration.
+bounded by time), four configurations back to back: ``off``; ``empty``, every probe attached
+as for a trace but each program returning at once (``--empty-probes``: the floor that the
+attach points alone cost, whatever a program does); ``nomatch``, hoptrace with a filter no
+packet matches (``host 10.250.0.1``); ``all``, hoptrace with no filter. The order rotates each
+round so drift on the shared machine does not favour one configuration.
 hoptrace runs as ``hoptrace trace ... --netns <the lab's 5 namespaces> -o FILE
 --ready-file F``, and is stopped with SIGINT; its summary line gives events and lost events.
 Reported: median received throughput per configuration, its ratio to ``off`` (and the median
@@ -37,7 +39,8 @@ from trace_common import (  # noqa: E402
     table,
 )
 
-CONFIGS = ("off", "nomatch", "all")
+CONFIGS = ("off", "empty", "nomatch", "all")
+TRACER_ARGS = {"empty": ("", ("--empty-probes",)), "nomatch": (NO_MATCH, ()), "all": ("", ())}
 WORKLOADS = ("tcp", "udp")
 TARGET_LOSS = 0.05  # at most 5 % throughput loss with the non-matching filter
 
@@ -66,14 +69,14 @@ def main() -> int:
     with lab_up("ov") as lab, iperf_server(lab):
         netns = ",".join(lab.namespaces())
         for rnd in range(rounds):
-            order = CONFIGS[rnd % 3:] + CONFIGS[: rnd % 3]
+            order = CONFIGS[rnd % len(CONFIGS):] + CONFIGS[: rnd % len(CONFIGS)]
             for wl in WORKLOADS:
                 for cfg in order:
                     if cfg == "off":
                         res = iperf(lab, wl, secs)
                     else:
-                        with Tracer(NO_MATCH if cfg == "nomatch" else "", netns,
-                                    max_s=secs + 60) as tr:
+                        flt, extra = TRACER_ARGS[cfg]
+                        with Tracer(flt, netns, max_s=secs + 60, extra=extra) as tr:
                             c0 = tr.cpu()
                             res = iperf(lab, wl, secs)
                             c1 = tr.cpu()
@@ -88,9 +91,9 @@ def main() -> int:
                     print(f"round {rnd + 1} {wl} {cfg}: {rate(res):.3f}", file=sys.stderr)
         # one more UDP run per configuration, with BPF run-time statistics on (they add two
         # clock reads per program run, so these runs are not in the throughput table)
-        for cfg in ("nomatch", "all"):
-            with bpf_stats(), Tracer(NO_MATCH if cfg == "nomatch" else "", netns,
-                                     max_s=secs + 60) as tr:
+        for cfg in ("empty", "nomatch", "all"):
+            flt, extra = TRACER_ARGS[cfg]
+            with bpf_stats(), Tracer(flt, netns, max_s=secs + 60, extra=extra) as tr:
                 s0 = prog_stats(tr.pid)
                 res = iperf(lab, "udp", secs)
                 s1 = prog_stats(tr.pid)
@@ -113,6 +116,9 @@ def main() -> int:
                 loss = 1 - paired
                 verdict.append(f"{wl}: nomatch loss {loss * 100:.1f} % "
                                f"({'meets' if loss <= TARGET_LOSS else 'misses'} the 5 % target)")
+            elif cfg == "empty":
+                verdict.append(f"{wl}: empty programs at the same points (the floor) cost "
+                               f"{(1 - paired) * 100:.1f} %")
     print(table(["workload", "config", "median (TCP Gbit/s, UDP kpkt/s)", "ratio of medians",
                  "median paired ratio", "per round"], rows))
     print()

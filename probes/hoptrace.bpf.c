@@ -527,7 +527,7 @@ static __always_inline int handle(struct sk_buff *skb, struct hook_info *hi, con
 	int start = -1;
 	bool is_free = hi->probe == HT_PROBE_KFREE_SKB || hi->probe == HT_PROBE_CONSUME_SKB;
 
-	if (!skb)
+	if (ht_cfg.empty || !skb)
 		return 0;
 	head = RD(direct, skb->head, skb, head);
 
@@ -724,7 +724,11 @@ static __always_inline int nf_handle(struct bpf_nf_ctx *ctx, __u16 probe)
 {
 	const struct nf_hook_state *st = ctx->state;
 	struct hook_info hi = { .probe = probe };
-	__u8 hook = st->hook;
+	__u8 hook;
+
+	if (ht_cfg.empty)
+		return NF_ACCEPT;
+	hook = st->hook;
 
 	hi.nf_hook = hook;
 	hi.nf_pf = st->pf;

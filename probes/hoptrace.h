@@ -153,6 +153,7 @@ struct ht_config {
 	__u32 outer;            /* 1: filter on the outermost headers, not the innermost */
 	__u32 filter_netns;     /* 1: only netns inodes present in the netns_allow map */
 	__u32 n_tunnel_ports;
+	__u32 empty;            /* 1: every program returns at once (benchmarks: attaching alone) */
 	__u16 vxlan_ports[HT_MAX_TUNNEL_PORTS]; /* UDP destination ports carrying VXLAN */
 	struct ht_filter filter;
 };

@@ -233,6 +233,18 @@ def test_filter_matching_nothing_yields_no_events(vxlan_lab: Lab, tmp_path: Path
     assert trace.summary["events"] == 0
 
 
+def test_empty_probes_attach_everything_and_record_nothing(vxlan_lab: Lab, tmp_path: Path) -> None:
+    """--empty-probes (benchmarks/trace_overhead.py's floor): with no filter, every probe is
+    attached as usual, and the programs return before recording anything."""
+    lab = vxlan_lab
+    with tracing(tmp_path, "--empty-probes", "--netns", lab_netns(lab)) as run:
+        assert ping(lab, "a1", lab.addr("b1"), count=3).returncode == 0
+        trace = run.stop()
+    attached = {p["point"]: p["mechanism"] for p in trace.header["probes"]}
+    assert attached["netif_receive_skb"] and attached["nf_hook_first"], attached
+    assert trace.events == [] and trace.summary["events"] == 0
+
+
 def test_no_match_decisions_never_hide_a_matching_packet(vxlan_lab: Lab, tmp_path: Path) -> None:
     """The kernel remembers "no match" per skb (the no-match cache); sk_buffs and their data are
     reused LIFO, so a matching packet sent right after a rejected one often lands in the same

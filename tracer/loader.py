@@ -61,6 +61,7 @@ class ProbeOptions:
     ring_bytes: int = 16 << 20
     allow: frozenset[Mech] | None = None
     probe_set: str = "curated"  # or "all-skb" (tracer/catalogue.py PROBE_SETS)
+    empty: bool = False  # programs that return at once: the cost of attaching alone (benchmarks)
 
     @property
     def explicit(self) -> frozenset[str]:
@@ -252,6 +253,7 @@ class Probes:
         cfg["match_all"] = int(opts.filter.match_all)
         cfg["outer"] = int(opts.outer)
         cfg["filter_netns"] = int(not opts.netns_all)
+        cfg["empty"] = int(opts.empty)
         ports = sorted(set(opts.vxlan_ports))
         if len(ports) > len(cfg["vxlan_ports"]):
             raise LoadError(f"at most {len(cfg['vxlan_ports'])} VXLAN ports can be decapsulated")

@@ -136,6 +136,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "plus every kernel function taking a struct sk_buff * (needs kprobe.multi or kprobes)",
     )
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    # benchmarks/trace_overhead.py: every probe attached, every program returning at once
+    p.add_argument("--empty-probes", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -190,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         vxlan_ports=ports,
         ring_bytes=ring << 20,
         probe_set=args.probes,
+        empty=args.empty_probes,
     )
     out_fp: IO[bytes] | None = args.output.open("wb") if args.output else None
     writers = [TraceWriter(out_fp, background=True)] if out_fp else []
