@@ -12,7 +12,7 @@ the same way by libbpf's ringbuf.c), so hoptrace reads it directly:
   and DISCARD bit 30; ``u32`` page offset) and the payload, padded to 8 bytes.
 
 Every hoptrace record is one ``struct ht_event``, so records sit at a fixed stride and a batch is
-one strided numpy view copied at once. A record of another size (none is written today) stops
+one memcpy of the run of records, seen through a strided numpy view. A record of another size (none is written today) stops
 the bulk path: it is stepped over one by one. x86-64 and arm64 loads/stores of an aligned u64
 are atomic; the release/acquire order the kernel pairs with holds on x86 (TSO) and is given on
 arm64 by the data dependency of the copy on the positions read before it.
