@@ -233,6 +233,41 @@ def test_filter_matching_nothing_yields_no_events(vxlan_lab: Lab, tmp_path: Path
     assert trace.summary["events"] == 0
 
 
+def test_format_json_streams_the_trace_to_stdout(vxlan_lab: Lab, tmp_path: Path) -> None:
+    """--format json: the same JSON lines as -o, on stdout: header first, every event the
+    summary counts, the summary last. Nobody reads the pipe until after the SIGINT, so the
+    write of the batch fills the pipe (64 KiB) and blocks when the signal lands: with polars
+    loaded, BufferedWriter then returned a short count and the rest of the batch was lost."""
+    lab = vxlan_lab
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracer", "trace", "icmp", "--netns", lab_netns(lab),
+         "--format", "json", "--duration", "20", "--ready-file", str(ready)],
+        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "not ready"
+        assert ping(lab, "a1", lab.addr("b1"), count=3).returncode == 0
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert len(out) > 65536  # more than a pipe holds: the blocked write happened
+    lines = [json.loads(line) for line in out.splitlines()]
+    kinds = [rec["type"] for rec in lines]
+    assert kinds[0] == "header" and kinds[-1] == "summary", kinds
+    events = [rec for rec in lines if rec["type"] == "event"]
+    assert len(events) == lines[-1]["events"] >= 3 * 4  # 3 requests + 3 replies, several hops
+    assert {e["netns"] for e in events} >= {lab.netns("a1"), lab.netns("b1")}
+
+
 def test_empty_probes_attach_everything_and_record_nothing(vxlan_lab: Lab, tmp_path: Path) -> None:
     """--empty-probes (benchmarks/trace_overhead.py's floor): with no filter, every probe is
     attached as usual, and the programs return before recording anything."""

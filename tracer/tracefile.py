@@ -23,6 +23,16 @@ from tracer.errors import HoptraceError, UsageError
 from tracer.event import SCHEMA_VERSION, Event, event_from_json
 
 
+def _write_all(fp: IO[bytes], data: bytes) -> None:
+    """``fp.write(data)`` until every byte is written. A binary file's write is documented to
+    write all or raise, but once polars is imported (its SIGINT handler, pola-rs/polars#20961),
+    a SIGINT that lands while a write to a full pipe blocks makes ``BufferedWriter.write``
+    return the short count: ``--format json | reader`` lost the rest of a batch when stopped."""
+    view = memoryview(data)
+    while view:
+        view = view[fp.write(view) or 0:]
+
+
 class TraceWriter:
     """Writes a trace stream to ``fp``. With ``background``, the writes happen in a thread of
     their own, in order, so that a stall in the file system (dirty-page throttling blocks a
@@ -51,7 +61,7 @@ class TraceWriter:
         while (data := self._q.get()) is not None:
             if self._error is None:
                 try:
-                    self.fp.write(data)
+                    _write_all(self.fp, data)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller by close()
                     self._error = exc
         try:
@@ -61,7 +71,7 @@ class TraceWriter:
 
     def _put(self, data: bytes) -> None:
         if self._q is None:
-            self.fp.write(data)
+            _write_all(self.fp, data)
         elif self._error is not None:
             err, self._error = self._error, None
             self._raise(err)
