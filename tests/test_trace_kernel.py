@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tracing import chains_of, hoptrace, require_kernel, tracing
+from tests.tracing import chain_between, chains_of, hoptrace, require_kernel, tracing
 from tracer.catalogue import BY_NAME, Mech
 from tracer.chains import Chain, render
 from tracer.hops import HopKind
@@ -33,14 +33,6 @@ def lab_netns(lab: Lab) -> str:
 
 def ping(lab: Lab, pod: str, dst: str, count: int = 1) -> subprocess.CompletedProcess[str]:
     return lab.exec(pod, ["ping", "-c", str(count), "-i", "0.2", "-W", "1", dst], timeout=10)
-
-
-def chain_from(chains: list[Chain], src: str, dst: str) -> Chain:
-    for c in chains:
-        d = next((s.decoded for s in c.steps if s.decoded and s.decoded.inner), None)
-        if d and d.inner.src == src and d.inner.dst == dst:
-            return c
-    raise AssertionError(f"no chain {src} -> {dst} in {[c.summary() for c in chains]}")
 
 
 def hops(chain: Chain) -> list[tuple[str, str, HopKind]]:
@@ -88,7 +80,7 @@ def test_ping_across_nodes_follows_every_hop(vxlan_lab: Lab, tmp_path: Path) -> 
         time.sleep(0.3)
         trace = run.stop()
     chains = chains_of(trace)
-    req = chain_from(chains, a1, b1)
+    req = chain_between(chains, a1, b1)
     assert_in_order(req, cross_node_path(lab, "a1", "b1"))
     assert_latencies(req)
     changes = [s.change for s in req.steps if s.change]
@@ -96,7 +88,7 @@ def test_ping_across_nodes_follows_every_hop(vxlan_lab: Lab, tmp_path: Path) -> 
     assert "decapsulated" in changes
     assert req.complete and not req.dropped
     # the reply is its own packet, on the mirrored path
-    reply = chain_from(chains, b1, a1)
+    reply = chain_between(chains, b1, a1)
     assert reply.track != req.track
     assert (lab.netns("a1"), "eth0", HopKind.POD_RX) in hops(reply)
     # delivered to the ping socket's clone: the original's NO_SOCKET free is not a drop
@@ -165,7 +157,7 @@ def test_tcp_connection_across_nodes(vxlan_lab: Lab, tmp_path: Path) -> None:
     )
     assert_in_order(syn, cross_node_path(lab, "a1", "b1"))
     assert_latencies(syn)
-    assert chain_from(chains, b1, a1)  # and the server's segments come back
+    assert chain_between(chains, b1, a1)  # and the server's segments come back
     assert len(chains) >= 6  # SYN, SYN-ACK, ACK, data both ways, FINs
 
 
@@ -179,7 +171,7 @@ def test_same_node_traffic_is_bridged(vxlan_lab: Lab, tmp_path: Path) -> None:
         assert ping(lab, "a1", a2).returncode == 0
         time.sleep(0.3)
         trace = run.stop()
-    req = chain_from(chains_of(trace), a1, a2)
+    req = chain_between(chains_of(trace), a1, a2)
     assert_in_order(
         req,
         [
@@ -206,7 +198,7 @@ def test_forward_drop_ends_the_chain_with_its_reason(vxlan_lab: Lab, tmp_path: P
             trace = run.stop()
     finally:
         subprocess.run(["ip", "netns", "exec", n2, "iptables", "-D", *rule], check=True, timeout=10)
-    req = chain_from(chains_of(trace), a1, b1)
+    req = chain_between(chains_of(trace), a1, b1)
     assert req.dropped
     last = req.last
     assert (last.event.netns, last.event.drop_reason) == (n2, "NETFILTER_DROP")
@@ -220,7 +212,7 @@ def test_forward_drop_ends_the_chain_with_its_reason(vxlan_lab: Lab, tmp_path: P
         assert ping(lab, "a1", b1).returncode == 0
         time.sleep(0.3)
         trace = run.stop()
-    again = chain_from(chains_of(trace), a1, b1)
+    again = chain_between(chains_of(trace), a1, b1)
     assert (lab.netns("b1"), "eth0", HopKind.POD_RX) in hops(again)
 
 

@@ -15,19 +15,40 @@ from pathlib import Path
 
 import pytest
 
-from tracer.capabilities import tracing_missing
+from tracer.capabilities import check, tracing_missing
+from tracer.catalogue import Mech
 from tracer.chains import Chain, replay
 from tracer.tracefile import Trace, read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 # Start-up takes seconds under emulation: the VM tier (tools/kernel-guest.sh) raises this.
 READY_TIMEOUT_S = float(os.environ.get("HT_READY_TIMEOUT", "15"))
+IN_GUEST = os.environ.get("KT_GUEST") == "1"  # a stock-kernel guest of tools/kernel_matrix.py
 
 
 def require_kernel() -> None:
     reason = tracing_missing()
     if reason:
         pytest.skip(reason)
+
+
+def require_mechanism(kind: Mech, target: str = "ip_rcv") -> None:
+    """Skip unless ``kind`` programs load and attach on ``target`` here; in a guest, fail."""
+    verdict = check(kind, target)
+    if verdict.ok:
+        return
+    if IN_GUEST:
+        pytest.fail(f"a stock kernel must allow {kind} on {target}: {verdict.error}")
+    pytest.skip(f"{kind} on {target} is refused by this kernel: {verdict.error}")
+
+
+def chain_between(chains: list[Chain], src: str, dst: str) -> Chain:
+    """The chain whose innermost headers go from ``src`` to ``dst``."""
+    for c in chains:
+        inner = next((s.decoded.inner for s in c.steps if s.decoded and s.decoded.inner), None)
+        if inner and inner.src == src and inner.dst == dst:
+            return c
+    raise AssertionError(f"no chain {src} -> {dst} in {[c.summary() for c in chains]}")
 
 
 def hoptrace(*args: str, timeout: float = 30, **kw: object) -> subprocess.CompletedProcess[str]:

@@ -19,15 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.tracing import chains_of, hoptrace, require_kernel, tracing
+from tests.tracing import IN_GUEST, chain_between, chains_of, hoptrace, require_kernel, tracing
 from tracer.capabilities import choose
 from tracer.catalogue import BY_NAME, Mech
-from tracer.chains import Chain
 from tracer.lab import Lab
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(1200)]
 
-IN_GUEST = os.environ.get("KT_GUEST") == "1"
 # Attaching thousands of probes under TCG takes minutes on kernels without kprobe.multi.
 ALLSKB_READY_S = float(os.environ.get("HT_ALLSKB_READY_TIMEOUT", "900"))
 PREFIXES = ("tp_", "fe_", "fx_", "kp_", "caps_", "nf_first", "nf_last")
@@ -58,14 +56,6 @@ def kernel_version() -> tuple[int, int]:
 def ping(lab: Lab, pod: str, dst: str) -> None:
     r = lab.exec(pod, ["ping", "-c", "1", "-W", "2", dst], timeout=15)
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-def chain_between(chains: list[Chain], src: str, dst: str) -> Chain:
-    for c in chains:
-        inner = next((s.decoded.inner for s in c.steps if s.decoded and s.decoded.inner), None)
-        if inner and inner.src == src and inner.dst == dst:
-            return c
-    raise AssertionError(f"no chain {src} -> {dst} in {[c.summary() for c in chains]}")
 
 
 def first(names: list[tuple[str, str]], fn: str, netns: str | None = None) -> int:

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.tracing import chains_of, hoptrace, require_kernel, tracing
+from tests.tracing import (
+    IN_GUEST,
+    chain_between,
+    chains_of,
+    hoptrace,
+    require_kernel,
+    require_mechanism,
+    tracing,
+)
 from tracer.capabilities import Choice, check, choose_all
 from tracer.catalogue import BY_NAME, CATALOGUE, Mech
 from tracer.chains import Chain
@@ -27,7 +35,6 @@ from tracer.lab import Lab
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(240)]
 
-IN_GUEST = os.environ.get("KT_GUEST") == "1"
 FUNCTION_POINTS = ("ip_rcv", "br_handle_frame", "br_forward", "br_pass_frame_up")
 BRIDGE_POINTS = ("br_handle_frame", "br_forward", "br_pass_frame_up")
 
@@ -35,16 +42,6 @@ BRIDGE_POINTS = ("br_handle_frame", "br_forward", "br_pass_frame_up")
 @pytest.fixture(autouse=True)
 def _kernel() -> None:
     require_kernel()
-
-
-def require_mechanism(kind: Mech, target: str = "ip_rcv") -> None:
-    """Skip unless ``kind`` programs load and attach here; in a stock-kernel guest, fail."""
-    verdict = check(kind, target)
-    if verdict.ok:
-        return
-    if IN_GUEST:
-        pytest.fail(f"a stock kernel must allow {kind} on {target}: {verdict.error}")
-    pytest.skip(f"{kind} on {target} is refused by this kernel: {verdict.error}")
 
 
 def require_core_points() -> None:
@@ -100,14 +97,6 @@ def test_doctor_gives_every_point_its_best_mechanism() -> None:
 def real_steps(chain: Chain, point: str) -> list[tuple[str, str]]:
     """(netns, device) of the chain's events that came from the probe ``point`` itself."""
     return [(s.event.netns, s.event.ifname) for s in chain.steps if s.event.probe == point]
-
-
-def chain_between(chains: list[Chain], src: str, dst: str) -> Chain:
-    for c in chains:
-        inner = next((s.decoded.inner for s in c.steps if s.decoded and s.decoded.inner), None)
-        if inner and inner.src == src and inner.dst == dst:
-            return c
-    raise AssertionError(f"no chain {src} -> {dst} in {[c.summary() for c in chains]}")
 
 
 def ping(lab: Lab, pod: str, dst: str) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tracing import chains_of, require_kernel, tracing
-from tracer.capabilities import check, choose_all
+from tests.tracing import chains_of, require_kernel, require_mechanism, tracing
+from tracer.capabilities import choose_all
 from tracer.catalogue import Mech
 from tracer.chains import Chain
 from tracer.event import Event
@@ -29,23 +29,12 @@ from tracer.lab import Lab
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(300)]
 
-IN_GUEST = os.environ.get("KT_GUEST") == "1"
 NFT_TABLE, NFT_CHAIN = "htverdict", "fwd-pods"  # names of our own: not iptables' names
 
 
 @pytest.fixture(autouse=True)
 def _kernel() -> None:
     require_kernel()
-
-
-def require(kind: Mech, target: str) -> None:
-    """Skip unless ``kind`` programs load and attach on ``target`` here; in a guest, fail."""
-    verdict = check(kind, target)
-    if verdict.ok:
-        return
-    if IN_GUEST:
-        pytest.fail(f"a stock kernel must allow {kind} on {target}: {verdict.error}")
-    pytest.skip(f"{kind} on {target} is refused by this kernel: {verdict.error}")
 
 
 def add_drop(lab: Lab, variant: str) -> tuple[str, str, str]:
@@ -124,7 +113,7 @@ def test_forward_drop_names_hook_table_chain_verdict(
     lab = vxlan_lab
     a1, b1 = lab.addr("a1"), lab.addr("b1")
     probe, table, chain = add_drop(lab, variant)  # loads the modules the probes attach to
-    require(Mech.FEXIT, probe)
+    require_mechanism(Mech.FEXIT, probe)
     with tracing(tmp_path, f"icmp and src host {a1} and dst host {b1}", "--netns",
                  ",".join(lab.namespaces()), ready_timeout=float(
                      os.environ.get("HT_READY_TIMEOUT", "15")) * 2) as run:
@@ -157,7 +146,7 @@ def test_kretprobe_fallback_names_the_decision_too(vxlan_lab: Lab) -> None:
     lab = vxlan_lab
     a1, b1 = lab.addr("a1"), lab.addr("b1")
     probe, table, chain = add_drop(lab, "iptables")
-    require(Mech.KRETPROBE, probe)
+    require_mechanism(Mech.KRETPROBE, probe)
     allow = frozenset(Mech) - {Mech.FENTRY, Mech.FEXIT}
     for choice in choose_all(allow):
         if choice.point.core and choice.chosen is None:

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.test_mechanisms import IN_GUEST
 from tests.test_lab_paths import Hop, assert_path, bridged_cross_node, find, flows
-from tests.tracing import chains_of, require_kernel, tracing
+from tests.tracing import IN_GUEST, chains_of, require_kernel, tracing
 from tracer.chains import Chain, decode_event, render
 from tracer.errors import LabError
 from tracer.hops import HopKind as H
